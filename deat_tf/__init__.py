@@ -1,0 +1,25 @@
+"""deat_tf: efficient adversarial training for Keras and TensorFlow.
+
+DEAT (Dynamic Efficient Adversarial Training) with M+ acceleration, plus the
+baselines FREE-m, PGD-AT and FGSM-RS, as a Keras model with a custom train step
+(`AdversarialModel`) and callbacks that schedule the attack iteration count.
+"""
+
+from deat_tf import attacks
+from deat_tf import models
+from deat_tf.adversarial_model import METHODS, AdversarialModel, MinibatchSchedule
+from deat_tf.schedulers import AccuracyScheduler, IterationScheduler, MagnitudeScheduler, PeriodicScheduler
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "METHODS",
+    "AccuracyScheduler",
+    "AdversarialModel",
+    "IterationScheduler",
+    "MagnitudeScheduler",
+    "MinibatchSchedule",
+    "PeriodicScheduler",
+    "attacks",
+    "models",
+]

@@ -1,0 +1,173 @@
+"""Classifier networks used by the recipes; each takes images in [0, 1] and returns logits.
+
+Normalisation (x - mean) / std lives inside the network, as the first layer
+(`Standardize`), so that attack budgets stay in pixel units and
+`AdversarialModel` can find the per-channel std it needs for the gradient
+magnitude statistic (ALGORITHM.md section 1).
+
+BatchNormalization uses PyTorch's defaults (momentum 0.1 there, 0.9 here;
+epsilon 1e-5) because the published recipes were tuned with them.
+"""
+
+import keras
+from keras import layers
+
+MNIST_MEAN = (0.0,)
+MNIST_STD = (1.0,)
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2471, 0.2435, 0.2616)
+CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
+CIFAR100_STD = (0.2673, 0.2564, 0.2762)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+_BATCH_NORM_MOMENTUM = 0.9
+_BATCH_NORM_EPSILON = 1e-5
+
+
+@keras.saving.register_keras_serializable(package="deat_tf")
+class Standardize(layers.Layer):
+    """Per-channel (x - mean) / std, with constants saved in the layer config.
+
+    Args:
+        mean: Sequence of per-channel means (or one number).
+        std: Sequence of per-channel standard deviations (or one number), all > 0.
+    """
+
+    def __init__(self, mean, std, **kwargs):
+        super().__init__(**kwargs)
+        self.mean = tuple(float(value) for value in _as_sequence(mean))
+        self.std = tuple(float(value) for value in _as_sequence(std))
+        if len(self.mean) != len(self.std):
+            raise ValueError(
+                f"mean and std must have the same length, got {len(self.mean)} and {len(self.std)}."
+            )
+        if any(value <= 0 for value in self.std):
+            raise ValueError(f"std must be > 0 for every channel, got {self.std}.")
+
+    def call(self, inputs):
+        mean = keras.ops.convert_to_tensor(self.mean, dtype=inputs.dtype)
+        std = keras.ops.convert_to_tensor(self.std, dtype=inputs.dtype)
+        return (inputs - mean) / std
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"mean": list(self.mean), "std": list(self.std)})
+        return config
+
+
+def _as_sequence(value):
+    if isinstance(value, (int, float)):
+        return (value,)
+    return tuple(value)
+
+
+def find_input_std(network):
+    """Returns the per-channel std of the network's `Standardize` layer, or None.
+
+    Args:
+        network: A Keras model.
+
+    Returns:
+        A tuple of floats, or None when the network has no `Standardize` layer.
+    """
+    for layer in network._flatten_layers(include_self=False):
+        if isinstance(layer, Standardize):
+            return layer.std
+    return None
+
+
+def mnist_cnn(input_shape=(28, 28, 1), num_classes=10, name="mnist_cnn"):
+    """The small MNIST network of the fast adversarial training papers.
+
+    conv 16 (4x4, stride 2) - conv 32 (4x4, stride 2) - dense 100 - dense classes,
+    ReLU activations, no normalisation.
+
+    Args:
+        input_shape: Image shape (height, width, channels).
+        num_classes: Number of classes.
+        name: Model name.
+
+    Returns:
+        A functional `keras.Model` returning logits.
+    """
+    inputs = keras.Input(input_shape)
+    hidden = layers.Conv2D(16, 4, strides=2, padding="same", activation="relu")(inputs)
+    hidden = layers.Conv2D(32, 4, strides=2, padding="same", activation="relu")(hidden)
+    hidden = layers.Flatten()(hidden)
+    hidden = layers.Dense(100, activation="relu")(hidden)
+    outputs = layers.Dense(num_classes, name="logits")(hidden)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def _batch_norm(name):
+    return layers.BatchNormalization(
+        momentum=_BATCH_NORM_MOMENTUM, epsilon=_BATCH_NORM_EPSILON, name=name
+    )
+
+
+def _conv(filters, kernel_size, strides, name):
+    return layers.Conv2D(
+        filters,
+        kernel_size,
+        strides=strides,
+        padding="same",
+        use_bias=False,
+        kernel_initializer="he_normal",
+        name=name,
+    )
+
+
+def _preact_block(inputs, filters, strides, name):
+    """Pre-activation basic block (He et al. 2016): BN-ReLU-conv-BN-ReLU-conv + shortcut."""
+    activated = layers.ReLU(name=f"{name}_relu1")(_batch_norm(f"{name}_bn1")(inputs))
+    if strides != 1 or inputs.shape[-1] != filters:
+        shortcut = _conv(filters, 1, strides, f"{name}_shortcut")(activated)
+    else:
+        shortcut = inputs
+    hidden = _conv(filters, 3, strides, f"{name}_conv1")(activated)
+    hidden = layers.ReLU(name=f"{name}_relu2")(_batch_norm(f"{name}_bn2")(hidden))
+    hidden = _conv(filters, 3, 1, f"{name}_conv2")(hidden)
+    return layers.Add(name=f"{name}_add")([hidden, shortcut])
+
+
+def preact_resnet18(
+    input_shape=(32, 32, 3),
+    num_classes=10,
+    mean=CIFAR10_MEAN,
+    std=CIFAR10_STD,
+    width=64,
+    name="preact_resnet18",
+):
+    """PreAct-ResNet18 for 32x32 images, the CIFAR network of the DEAT paper.
+
+    Args:
+        input_shape: Image shape (height, width, channels).
+        num_classes: Number of classes.
+        mean: Per-channel mean used by the `Standardize` input layer.
+        std: Per-channel std used by the `Standardize` input layer.
+        width: Filters of the first stage (64 in the paper); smaller values make
+            fast test models with the same structure.
+        name: Model name.
+
+    Returns:
+        A functional `keras.Model` returning logits.
+    """
+    inputs = keras.Input(input_shape)
+    hidden = Standardize(mean, std, name="standardize")(inputs)
+    hidden = _conv(width, 3, 1, "stem_conv")(hidden)
+    for stage, (multiplier, strides) in enumerate(((1, 1), (2, 2), (4, 2), (8, 2))):
+        for block in range(2):
+            hidden = _preact_block(
+                hidden,
+                width * multiplier,
+                strides if block == 0 else 1,
+                name=f"stage{stage + 1}_block{block + 1}",
+            )
+    hidden = layers.ReLU(name="final_relu")(_batch_norm("final_bn")(hidden))
+    hidden = layers.GlobalAveragePooling2D(name="pool")(hidden)
+    outputs = layers.Dense(num_classes, name="logits")(hidden)
+    return keras.Model(inputs, outputs, name=name)
