@@ -227,6 +227,8 @@ class AdversarialModel(keras.Model):
         self._attack_steps_metric = keras.metrics.Mean(name="attack_steps")
         self._clean_accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
         self._robust_accuracy = keras.metrics.SparseCategoricalAccuracy(name="robust_accuracy")
+        if network.built:
+            self.built = True
 
     # ----------------------------------------------------------------- settings
 
@@ -345,6 +347,17 @@ class AdversarialModel(keras.Model):
         elif isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
             self.optimizer.learning_rate = MinibatchSchedule(schedule, self._minibatch_counter)
 
+    def compile_from_config(self, config):
+        """Recompiles from a saved compile config (used when loading a `.keras` file)."""
+        config = keras.saving.deserialize_keras_object(config)
+        config = {key: value for key, value in config.items() if value is not None}
+        config.pop("metrics", None)
+        config.pop("weighted_metrics", None)
+        self.compile(**config)
+        if self.built:
+            # Optimizer variables must exist before the saved ones are loaded into them.
+            self.optimizer.build(self.trainable_variables)
+
     # ------------------------------------------------------------------ metrics
 
     @property
@@ -378,6 +391,11 @@ class AdversarialModel(keras.Model):
 
     def call(self, inputs, training=False):
         return self.network(inputs, training=training)
+
+    def build(self, input_shape):
+        if not self.network.built:
+            self.network.build(input_shape)
+        self.built = True
 
     def make_train_function(self, force=False):
         steps = self.attack_steps
