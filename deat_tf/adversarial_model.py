@@ -413,12 +413,10 @@ class AdversarialModel(keras.Model):
         """
         batch = _peek_batch(x, y, batch_size)
         if batch is not None:
-            images, labels = batch
+            images, labels, global_batch = batch
             _check_batch(images, labels, self._num_classes(images))
             if self.carry_perturbation:
-                self._prepare_carried_perturbation(
-                    max(int(images.shape[0]), batch_size or 0), images.shape[1:]
-                )
+                self._prepare_carried_perturbation(global_batch, images.shape[1:])
         elif self.carry_perturbation and self._carried.variable is None:
             raise ValueError(
                 "carry_perturbation needs fit() to receive a tf.data.Dataset or arrays, so "
@@ -693,18 +691,24 @@ def _as_images(x):
 
 
 def _peek_batch(x, y, batch_size):
-    """Returns (images, labels) as numpy for checking, or None if x is not inspectable."""
+    """Returns (images, labels, global batch size) for checking, or None if x is opaque.
+
+    Arrays are returned whole (cheap to check fully); a dataset gives its first batch.
+    """
     if isinstance(x, tf.data.Dataset):
         for element in x.take(1):
             images, labels, _ = keras.utils.unpack_x_y_sample_weight(element)
             if labels is None:
                 raise ValueError("the dataset must yield (images, labels) pairs.")
-            return np.asarray(images), np.asarray(labels)
+            images = np.asarray(images)
+            return images, np.asarray(labels), images.shape[0] if images.ndim else 0
         raise ValueError("the training dataset is empty.")
     if isinstance(x, (np.ndarray, tf.Tensor)):
         if y is None:
             raise ValueError("y (labels) is required when x is an array of images.")
-        return np.asarray(x), np.asarray(y)
+        images = np.asarray(x)
+        # Keras' default batch size for arrays is 32.
+        return images, np.asarray(y), min(batch_size or 32, images.shape[0] if images.ndim else 0)
     return None
 
 

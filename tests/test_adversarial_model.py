@@ -1,0 +1,342 @@
+"""The adversarial train step: update counts, replay structure, statistic, errors."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from keras import layers
+
+import deat_tf
+from deat_tf import attacks, models
+
+IMAGE_SHAPE = (8, 8, 1)
+CLASSES = 3
+
+
+@keras.saving.register_keras_serializable(package="deat_tf_tests")
+class ForwardCounter(layers.Layer):
+    """Identity layer counting training-mode forward passes in a variable.
+
+    The count is a state update like BatchNorm's moving statistics, so it also
+    shows which passes update model state and which do not.
+    """
+
+    def build(self, input_shape):
+        self.count = self.add_weight(shape=(), initializer="zeros", trainable=False, name="count")
+
+    def call(self, inputs, training=False):
+        if training:
+            self.count.assign_add(1.0)
+        return inputs
+
+
+def counting_network(seed=0):
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input(IMAGE_SHAPE)
+    hidden = ForwardCounter(name="counter")(inputs)
+    hidden = models.Standardize(0.1, 0.5, name="standardize")(hidden)
+    hidden = layers.Conv2D(4, 3, activation="relu")(hidden)
+    hidden = layers.Flatten()(hidden)
+    outputs = layers.Dense(CLASSES)(hidden)
+    return keras.Model(inputs, outputs)
+
+
+def forward_count(model):
+    return int(model.network.get_layer("counter").count.numpy())
+
+
+def toy_data(batches, batch_size=10, seed=0):
+    generator = np.random.default_rng(seed)
+    x = generator.uniform(size=(batches * batch_size,) + IMAGE_SHAPE).astype(np.float32)
+    y = generator.integers(0, CLASSES, size=batches * batch_size).astype(np.int64)
+    return x, y
+
+
+def make_model(method="deat", optimizer=None, network=None, **kwargs):
+    kwargs.setdefault("epsilon", 0.1)
+    model = deat_tf.AdversarialModel(network or counting_network(), method=method, **kwargs)
+    model.compile(optimizer=optimizer or keras.optimizers.SGD(0.05))
+    return model
+
+
+@pytest.mark.parametrize(
+    "method, steps, updates_per_batch",
+    [("deat", 3, 3), ("free", 2, 2), ("pgd", 4, 1), ("pgd", 0, 1), ("fgsm_rs", None, 1), ("none", None, 1)],
+)
+def test_optimizer_updates_and_training_forwards_per_minibatch(method, steps, updates_per_batch):
+    x, y = toy_data(5)
+    model = make_model(method, attack_steps=steps)
+    history = model.fit(x, y, batch_size=10, epochs=1, verbose=0)
+    assert int(model.optimizer.iterations.numpy()) == 5 * updates_per_batch
+    assert model.minibatches == 5
+    # Attack passes of pgd/fgsm_rs run statelessly: only update forwards count.
+    assert forward_count(model) == 5 * updates_per_batch
+    expected_steps = {"fgsm_rs": 1, "none": 0}.get(method, steps)
+    assert history.history["attack_steps"] == [expected_steps]
+
+
+def test_changing_the_replay_count_takes_effect_in_the_next_epoch():
+    x, y = toy_data(4)
+    model = make_model("deat")
+    updates = []
+
+    class RecordUpdates(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            updates.append(int(self.model.optimizer.iterations.numpy()))
+
+    scheduler = deat_tf.PeriodicScheduler(period=1, max_steps=3, verbose=0)
+    history = model.fit(x, y, batch_size=10, epochs=4, callbacks=[scheduler, RecordUpdates()], verbose=0)
+    # r = 1, 2, 3, 3 replays per minibatch, 4 minibatches per epoch.
+    assert np.diff([0] + updates).tolist() == [4, 8, 12, 12]
+    assert forward_count(model) == 4 * (1 + 2 + 3 + 3)
+    assert history.history["attack_steps"] == [1, 2, 3, 3]
+
+
+def test_changing_k_for_pgd_does_not_retrace():
+    x, y = toy_data(2)
+    model = make_model("pgd", attack_steps=1)
+    model.fit(x, y, batch_size=10, epochs=1, verbose=0)
+    train_function = model.train_function
+    model.attack_steps = 5
+    history = model.fit(x, y, batch_size=10, epochs=1, verbose=0)
+    assert model.train_function is train_function
+    assert history.history["attack_steps"] == [5]
+
+
+def manual_input_gradient(network, images, labels):
+    with tf.GradientTape() as tape:
+        tape.watch(images)
+        logits = network(images, training=True)
+        loss = tf.reduce_mean(
+            keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+        )
+    return tape.gradient(loss, images)
+
+
+def manual_update(network, images, labels, learning_rate):
+    with tf.GradientTape() as tape:
+        logits = network(images, training=True)
+        loss = tf.reduce_mean(
+            keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+        )
+    gradients = tape.gradient(loss, network.trainable_variables)
+    for variable, gradient in zip(network.trainable_variables, gradients):
+        variable.assign_sub(learning_rate * gradient)
+
+
+def test_deat_replays_and_grad_magnitude_match_a_hand_computation():
+    x, y = toy_data(1, batch_size=16, seed=4)
+    epsilon, step_size, learning_rate = 0.1, 0.04, 0.5
+    model = make_model(
+        "deat",
+        optimizer=keras.optimizers.SGD(learning_rate),
+        network=counting_network(seed=7),
+        attack_steps=3,
+        epsilon=epsilon,
+        step_size=step_size,
+        initialization="zero",
+    )
+    reference = counting_network(seed=7)
+    reference.set_weights(model.network.get_weights())
+
+    images, labels = tf.constant(x), tf.constant(y)
+    x_adv = images
+    for _ in range(3):
+        gradient = manual_input_gradient(reference, x_adv, labels)
+        manual_update(reference, x_adv, labels, learning_rate)
+        last_gradient = gradient
+        x_adv = attacks.project(x_adv + step_size * tf.sign(gradient), images, epsilon)
+    # The statistic is the gradient w.r.t. the normalised input: times std 0.5.
+    expected_magnitude = float(tf.reduce_sum(tf.abs(last_gradient * 0.5)))
+
+    history = model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
+    assert history.history["grad_magnitude"][0] == pytest.approx(expected_magnitude, rel=1e-4)
+    for trained, expected in zip(model.network.trainable_variables, reference.trainable_variables):
+        np.testing.assert_allclose(trained.numpy(), expected.numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_pgd_trains_on_the_final_iterate_and_measures_its_gradient():
+    x, y = toy_data(1, batch_size=16, seed=5)
+    epsilon, step_size, learning_rate = 0.1, 0.03, 0.5
+    model = make_model(
+        "pgd",
+        optimizer=keras.optimizers.SGD(learning_rate),
+        network=counting_network(seed=8),
+        attack_steps=2,
+        epsilon=epsilon,
+        step_size=step_size,
+        initialization="zero",
+    )
+    reference = counting_network(seed=8)
+    reference.set_weights(model.network.get_weights())
+
+    images, labels = tf.constant(x), tf.constant(y)
+    x_adv = images
+    for _ in range(2):
+        gradient = manual_input_gradient(reference, x_adv, labels)
+        x_adv = attacks.project(x_adv + step_size * tf.sign(gradient), images, epsilon)
+    expected_magnitude = float(tf.reduce_sum(tf.abs(manual_input_gradient(reference, x_adv, labels) * 0.5)))
+    manual_update(reference, x_adv, labels, learning_rate)
+
+    history = model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
+    assert history.history["grad_magnitude"][0] == pytest.approx(expected_magnitude, rel=1e-4)
+    for trained, expected in zip(model.network.trainable_variables, reference.trainable_variables):
+        np.testing.assert_allclose(trained.numpy(), expected.numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_grad_magnitude_is_the_epoch_sum_over_minibatches():
+    x, y = toy_data(3, batch_size=10)
+    model = make_model("deat", attack_steps=2)
+    magnitudes = []
+
+    class RecordBatches(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            magnitudes.append(float(logs["grad_magnitude"]))
+
+    history = model.fit(x, y, batch_size=10, epochs=1, callbacks=[RecordBatches()], verbose=0)
+    # Batch logs are running sums: increasing, the last equals the epoch value.
+    assert magnitudes[0] < magnitudes[1] < magnitudes[2]
+    assert history.history["grad_magnitude"][0] == pytest.approx(magnitudes[-1])
+
+
+def test_learning_rate_schedule_advances_per_minibatch_not_per_replay():
+    x, y = toy_data(4)
+    # Minibatches 0 and 1 train at 0.05, later ones at 0 (boundaries are inclusive).
+    schedule = keras.optimizers.schedules.PiecewiseConstantDecay([1], [0.05, 0.0])
+    model = make_model("deat", optimizer=keras.optimizers.SGD(schedule), attack_steps=3)
+    model.fit(x[:20], y[:20], batch_size=10, epochs=1, verbose=0)
+    # 2 minibatches but 6 updates: keyed on updates, updates 2 to 5 would use rate 0.
+    assert float(model.optimizer.learning_rate) == 0.0
+    weights_after_two = [variable.numpy() for variable in model.network.trainable_variables]
+    assert int(model.optimizer.iterations.numpy()) == 6
+    model.fit(x[20:], y[20:], batch_size=10, epochs=1, verbose=0)
+    for before, after in zip(weights_after_two, model.network.trainable_variables):
+        np.testing.assert_array_equal(before, after.numpy())
+    assert float(model.optimizer.learning_rate) == 0.0
+
+
+def test_coupled_l2_weight_decay_is_added_to_the_gradient():
+    x, y = toy_data(1, batch_size=8)
+    learning_rate, decay = 0.1, 0.01
+    model = make_model(
+        "none", optimizer=keras.optimizers.SGD(learning_rate), network=counting_network(seed=2), l2_weight_decay=decay
+    )
+    reference = counting_network(seed=2)
+    reference.set_weights(model.network.get_weights())
+    with tf.GradientTape() as tape:
+        logits = reference(tf.constant(x), training=True)
+        loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True))
+    gradients = tape.gradient(loss, reference.trainable_variables)
+    expected = [v.numpy() - learning_rate * (g.numpy() + decay * v.numpy()) for v, g in zip(reference.trainable_variables, gradients)]
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    for trained, value in zip(model.network.trainable_variables, expected):
+        np.testing.assert_allclose(trained.numpy(), value, rtol=1e-5, atol=1e-7)
+
+
+def test_carried_perturbation_stays_in_the_ball_and_survives_a_partial_batch():
+    x, y = toy_data(3, batch_size=10)
+    model = make_model("free", attack_steps=2, carry_perturbation=True, epsilon=0.05, step_size=0.02)
+    model.fit(x[:25], y[:25], batch_size=10, epochs=2, verbose=0)
+    carried = model._carried.variable.numpy()
+    assert carried.shape == (10,) + IMAGE_SHAPE
+    assert np.abs(carried).max() <= 0.05 + 1e-7
+    assert np.abs(carried).max() > 0.0
+
+
+def test_validation_reports_clean_and_robust_accuracy():
+    x, y = toy_data(2)
+    model = make_model("deat", validation_attack_steps=3)
+    history = model.fit(x, y, batch_size=10, epochs=1, validation_data=(x, y), verbose=0)
+    assert {"val_loss", "val_accuracy", "val_robust_accuracy"} <= set(history.history)
+    assert {"loss", "adv_accuracy", "grad_magnitude", "attack_steps"} <= set(history.history)
+    results = model.evaluate(x, y, batch_size=10, verbose=0, return_dict=True)
+    assert set(results) == {"loss", "accuracy", "robust_accuracy"}
+    assert results["robust_accuracy"] <= results["accuracy"]
+
+
+def test_save_and_load_keeps_configuration_weights_and_optimizer(tmp_path):
+    x, y = toy_data(2)
+    model = make_model("pgd", attack_steps=2, optimizer=keras.optimizers.SGD(0.05, momentum=0.9), l2_weight_decay=1e-3)
+    model.fit(x, y, batch_size=10, epochs=1, verbose=0)
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert isinstance(loaded, deat_tf.AdversarialModel)
+    settings = lambda config: {key: value for key, value in config.items() if key != "network"}  # noqa: E731
+    assert settings(loaded.get_config()) == settings(model.get_config())
+    assert len(loaded.network.layers) == len(model.network.layers)
+    for saved, restored in zip(model.get_weights(), loaded.get_weights()):
+        np.testing.assert_array_equal(saved, restored)
+    assert int(loaded.optimizer.iterations.numpy()) == 2
+    loaded.fit(x, y, batch_size=10, epochs=1, verbose=0)
+    assert int(loaded.optimizer.iterations.numpy()) == 4
+
+
+def test_xla_compiled_train_step_matches_the_graph_one():
+    x, y = toy_data(2)
+    results = []
+    for jit_compile in (False, True):
+        model = deat_tf.AdversarialModel(
+            counting_network(seed=3), method="deat", epsilon=0.1, attack_steps=2, initialization="zero"
+        )
+        model.compile(optimizer=keras.optimizers.SGD(0.05), jit_compile=jit_compile)
+        history = model.fit(x, y, batch_size=10, epochs=1, shuffle=False, verbose=0)
+        results.append(history.history["grad_magnitude"][0])
+    assert results[1] == pytest.approx(results[0], rel=1e-4)
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (dict(epsilon=-0.01), "epsilon must be in \\[0, 1\\]"),
+        (dict(epsilon=2.0), "epsilon must be in \\[0, 1\\]"),
+        (dict(step_size=0.0), "step_size must be > 0"),
+        (dict(method="trades-ish"), "method must be one of deat, free, pgd, fgsm_rs, none"),
+        (dict(method="pgd", attack_steps=-1), "attack_steps must be an integer >= 0"),
+        (dict(method="deat", attack_steps=0), "attack_steps must be an integer >= 1"),
+        (dict(method="fgsm_rs", attack_steps=3), "attack_steps is fixed at 1"),
+        (dict(initialization="gaussian"), "initialization must be one of"),
+        (dict(method="pgd", carry_perturbation=True), "carry_perturbation applies to methods deat, free"),
+        (dict(l2_weight_decay=-1.0), "l2_weight_decay must be >= 0"),
+        (dict(step_size_rule="cosine"), "step_size_rule must be one of"),
+    ],
+)
+def test_invalid_constructor_arguments(arguments, message):
+    with pytest.raises(ValueError, match=message):
+        deat_tf.AdversarialModel(counting_network(), **arguments)
+
+
+def test_setting_an_invalid_count_is_rejected():
+    model = make_model("deat")
+    with pytest.raises(ValueError, match="attack_steps must be an integer >= 1"):
+        model.attack_steps = 0
+
+
+@pytest.mark.parametrize(
+    "images, labels, message",
+    [
+        (np.zeros((20, 8, 8), np.float32), np.zeros(20, np.int64), "x must be a 4-D batch"),
+        (np.zeros((20, 8, 8, 1), np.uint8), np.zeros(20, np.int64), "x must hold floats scaled to \\[0, 1\\]"),
+        (np.full((20, 8, 8, 1), 255.0, np.float32), np.zeros(20, np.int64), "x must be scaled to \\[0, 1\\]"),
+        (np.zeros((20, 8, 8, 1), np.float32), np.full(20, 3, np.int64), "y must be class labels in \\[0, 2\\]"),
+        (np.zeros((20, 8, 8, 1), np.float32), np.full(20, -1, np.int64), "y must be class labels in \\[0, 2\\]"),
+        (np.zeros((20, 8, 8, 1), np.float32), np.zeros(20, np.float32), "y must hold integer class labels"),
+    ],
+)
+def test_bad_training_data_is_rejected_before_any_update(images, labels, message):
+    model = make_model("deat")
+    weights = [variable.numpy().copy() for variable in model.network.trainable_variables]
+    with pytest.raises(ValueError, match=message):
+        model.fit(images, labels, batch_size=10, epochs=1, verbose=0)
+    dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(10)
+    with pytest.raises(ValueError, match=message):
+        model.fit(dataset, epochs=1, verbose=0)
+    assert int(model.optimizer.iterations.numpy()) == 0
+    for before, after in zip(weights, model.network.trainable_variables):
+        np.testing.assert_array_equal(before, after.numpy())
+
+
+def test_compile_rejects_extra_metrics():
+    model = deat_tf.AdversarialModel(counting_network())
+    with pytest.raises(ValueError, match="metrics cannot be passed"):
+        model.compile(optimizer="sgd", metrics=["accuracy"])
