@@ -1,0 +1,175 @@
+"""Cost of one adversarial minibatch relative to the gradient passes it makes.
+
+For each network, times one minibatch of
+
+- `deat` with r = 1, 2, 4, 8 replays, divided by r x the time of `none`;
+- `pgd` with K = 1, 7, 10 steps, divided by (K + 1) x the time of `none`;
+
+where `none` is a clean training step of the same network and batch. A ratio of
+1.0 means the method costs exactly its forward+backward passes; the target is
+<= 1.10. Configurations are interleaved (round-robin) after a warm-up so that
+machine noise hits all of them alike, and each figure is the median over rounds.
+
+    python benchmarks/step_efficiency.py --output=benchmarks/step_efficiency.json
+
+The train function Keras builds for `fit` is called directly on an in-memory
+batch, so the figures hold the whole train step (attack, updates, metrics) but
+not the input pipeline or callbacks.
+"""
+
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from absl import app, flags  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("output", "benchmarks/step_efficiency.json", "Where to write the JSON results.")
+flags.DEFINE_list("networks", ["mnist_cnn", "preact_resnet18"], "Networks to time.")
+flags.DEFINE_integer("rounds", 5, "Interleaved timing rounds; the median is reported.")
+flags.DEFINE_integer("steps", 3, "Minibatches timed per configuration per round.")
+flags.DEFINE_integer("warmup", 2, "Untimed minibatches per configuration before timing.")
+flags.DEFINE_integer("resnet_width", 64, "First-stage width of PreAct-ResNet18 (64 is the paper's).")
+flags.DEFINE_boolean("jit_compile", False, "XLA-compile the train steps.")
+
+REPLAYS = (1, 2, 4, 8)
+PGD_STEPS = (1, 7, 10)
+
+
+def build_setups():
+    import numpy as np
+
+    from deat_tf import models
+
+    generator = np.random.default_rng(0)
+    setups = {}
+    for name in FLAGS.networks:
+        if name == "mnist_cnn":
+            shape, batch, classes, epsilon = (28, 28, 1), 100, 10, 0.3
+
+            def factory():
+                return models.mnist_cnn()
+
+        elif name == "preact_resnet18":
+            shape, batch, classes, epsilon = (32, 32, 3), 128, 10, 8 / 255
+
+            def factory():
+                return models.preact_resnet18(width=FLAGS.resnet_width)
+
+        else:
+            raise ValueError(f"--networks: unknown network {name!r}; use mnist_cnn, preact_resnet18.")
+        images = generator.uniform(size=(batch,) + shape).astype(np.float32)
+        labels = generator.integers(0, classes, size=batch).astype(np.int64)
+        setups[name] = (factory, images, labels, epsilon, batch)
+    return setups
+
+
+def make_step(factory, images, labels, epsilon, method, steps):
+    """Returns a callable running one compiled train step, and its pass count."""
+    import keras
+    import tensorflow as tf
+
+    import deat_tf
+
+    model = deat_tf.AdversarialModel(factory(), method=method, epsilon=epsilon, attack_steps=steps)
+    model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9), jit_compile=FLAGS.jit_compile)
+    # fit() sizes buffers and checks data; one tiny fit also builds the optimizer.
+    model.fit(images, labels, batch_size=len(images), epochs=1, verbose=0)
+    iterator = iter(tf.data.Dataset.from_tensors((images, labels)).repeat())
+    train_function = model.train_function
+
+    def step():
+        logs = train_function(iterator)
+        # Reading a value waits for the step to finish (matters on GPU).
+        return float(logs["loss"])
+
+    passes = 1 if method == "none" else steps if method == "deat" else steps + 1
+    return step, passes
+
+
+def time_network(name, setup):
+    factory, images, labels, epsilon, batch = setup
+    configurations = [("none", None)]
+    configurations += [("deat", r) for r in REPLAYS]
+    configurations += [("pgd", k) for k in PGD_STEPS]
+    steps = {}
+    for method, count in configurations:
+        step, passes = make_step(factory, images, labels, epsilon, method, count)
+        for _ in range(FLAGS.warmup):
+            step()
+        steps[(method, count)] = (step, passes)
+    samples = {key: [] for key in steps}
+    for round_index in range(FLAGS.rounds):
+        for key, (step, _) in steps.items():
+            start = time.perf_counter()
+            for _ in range(FLAGS.steps):
+                step()
+            samples[key].append((time.perf_counter() - start) / FLAGS.steps)
+        print(f"{name}: round {round_index + 1}/{FLAGS.rounds} done", flush=True)
+    medians = {key: statistics.median(values) for key, values in samples.items()}
+    clean = medians[("none", None)]
+    rows = []
+    for (method, count), (_, passes) in steps.items():
+        rows.append(
+            {
+                "method": method,
+                "count": count,
+                "passes": passes,
+                "seconds_per_minibatch": medians[(method, count)],
+                "ratio": medians[(method, count)] / (passes * clean),
+                "samples": samples[(method, count)],
+            }
+        )
+    return {"network": name, "batch_size": batch, "rows": rows}
+
+
+def main(argv):
+    del argv
+    import tensorflow as tf
+
+    # Every configuration builds its own train function; TF warns about that.
+    tf.get_logger().setLevel("ERROR")
+
+    results = {
+        "command": "python " + " ".join(sys.argv),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "device": [device.device_type for device in tf.config.list_physical_devices()],
+        "gpu": [tf.config.experimental.get_device_details(gpu).get("device_name", "") for gpu in tf.config.list_physical_devices("GPU")],
+        "machine": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "tensorflow": tf.__version__,
+        "settings": {
+            "rounds": FLAGS.rounds,
+            "steps": FLAGS.steps,
+            "warmup": FLAGS.warmup,
+            "resnet_width": FLAGS.resnet_width,
+            "jit_compile": FLAGS.jit_compile,
+        },
+        "networks": [],
+    }
+    for name, setup in build_setups().items():
+        results["networks"].append(time_network(name, setup))
+    print(f"\n{'network':<16} {'method':<6} {'count':>5} {'ms/minibatch':>13} {'ratio':>6}")
+    for network in results["networks"]:
+        for row in network["rows"]:
+            count = "-" if row["count"] is None else row["count"]
+            print(
+                f"{network['network']:<16} {row['method']:<6} {count:>5} "
+                f"{1000 * row['seconds_per_minibatch']:>13.1f} {row['ratio']:>6.2f}"
+            )
+    directory = os.path.dirname(os.path.abspath(FLAGS.output))
+    os.makedirs(directory, exist_ok=True)
+    temporary = FLAGS.output + ".tmp"
+    with open(temporary, "w") as handle:
+        json.dump(results, handle, indent=2)
+    os.replace(temporary, FLAGS.output)
+    print(f"\nwrote {FLAGS.output}")
+
+
+if __name__ == "__main__":
+    app.run(main)
