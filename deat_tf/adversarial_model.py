@@ -17,7 +17,14 @@ Methods (ALGORITHM.md sections 1, 4 and 5):
 - "pgd": `attack_steps` (K) PGD steps from a uniform random start, then one
   update on the result (Madry et al.). K = 0 trains on the random start.
 - "fgsm_rs": a uniform random start, one FGSM step, one update (Wong et al.).
+- "trades": K-step PGD on KL(f(x) || f(x_adv)) from x + 0.001 N(0, 1), then one
+  update on CE(f(x), y) + beta KL(f(x) || f(x_adv)) (Zhang et al. 2019).
+- "mart": K-step CE PGD, then one update on the boosted CE of f(x_adv) plus
+  beta KL(f(x) || f(x_adv)) (1 - p_y(x)) (Wang et al. 2020).
 - "none": clean training, the baseline for cost ratios.
+
+"pgd", "trades" and "mart" with `MagnitudeScheduler` are M+PGD, M+TRADES and
+M+MART: K starts at 0 and rises by the same rule as r.
 
 How one minibatch flows, for "deat" with r replays:
 
@@ -50,6 +57,9 @@ Design choices worth knowing:
   the input at the last replay / final adversarial example, multiplied by the
   per-channel std of the network's input normalisation (the gradient w.r.t.
   the normalised input, as in the authors' code).
+- Random starts depend on (seed, minibatch count) only: every replica draws
+  the start of the global batch and takes its slice, so training with 1 or N
+  replicas sees the same starts.
 - The schedule state (iteration count, threshold, epochs seen) and the
   minibatch count are variables of this model, so they are saved and restored
   with it (`.keras` files and checkpoints).
@@ -64,12 +74,15 @@ import tensorflow as tf
 from deat_tf import attacks
 from deat_tf.models import find_input_std
 
-METHODS = ("deat", "free", "pgd", "fgsm_rs", "none")
+METHODS = ("deat", "free", "pgd", "trades", "mart", "fgsm_rs", "none")
 REPLAY_METHODS = ("deat", "free")
+ATTACK_THEN_UPDATE_METHODS = ("pgd", "trades", "mart")
 STEP_SIZE_RULES = ("constant", "max_epsilon_over_steps")
 
-_DEFAULT_ATTACK_STEPS = {"deat": 1, "free": 8, "pgd": 7, "fgsm_rs": 1, "none": 0}
-_MINIMUM_ATTACK_STEPS = {"deat": 1, "free": 1, "pgd": 0}
+_DEFAULT_ATTACK_STEPS = {"deat": 1, "free": 8, "pgd": 7, "trades": 10, "mart": 10, "fgsm_rs": 1, "none": 0}
+_MINIMUM_ATTACK_STEPS = {"deat": 1, "free": 1, "pgd": 0, "trades": 0, "mart": 0}
+# TRADES starts its attack next to x, as in its reference code.
+_TRADES_INITIALIZATION = ("normal", 0.001)
 
 
 @keras.saving.register_keras_serializable(package="deat_tf")
@@ -119,16 +132,18 @@ class AdversarialModel(keras.Model):
 
     Args:
         network: A Keras model mapping images in [0, 1] to logits.
-        method: One of "deat", "free", "pgd", "fgsm_rs", "none".
+        method: One of "deat", "free", "pgd", "trades", "mart", "fgsm_rs", "none".
         epsilon: L-infinity radius in [0, 1] (8/255 for CIFAR, 0.3 for MNIST).
         step_size: Attack step alpha > 0. Defaults to 1.25 * epsilon for
-            deat/free/fgsm_rs (10/255 at epsilon 8/255) and epsilon / 4 for pgd
-            (2/255 at 8/255).
-        attack_steps: Replays r (deat, free) or PGD steps K (pgd). Defaults: deat
-            1, free 8, pgd 7; fgsm_rs is always 1 and none always 0.
+            deat/free/fgsm_rs (10/255 at epsilon 8/255) and epsilon / 4 for
+            pgd/trades/mart (2/255 at 8/255).
+        attack_steps: Replays r (deat, free) or attack steps K (pgd, trades,
+            mart). Defaults: deat 1, free 8, pgd 7, trades and mart 10; fgsm_rs
+            is always 1 and none always 0.
         initialization: Random start of the perturbation: "uniform", "normal",
-            "bernoulli" or "zero".
-        initialization_scale: Size tau of the random start; defaults to epsilon.
+            "bernoulli" or "zero". Defaults to "uniform" ("normal" for trades).
+        initialization_scale: Size tau of the random start; defaults to epsilon
+            (0.001 for trades).
         carry_perturbation: deat/free only. Keep one perturbation buffer that
             carries over from minibatch to minibatch, clipped to [-epsilon,
             epsilon] only (original FREE, the ImageNet recipe); it starts at zero.
@@ -143,6 +158,7 @@ class AdversarialModel(keras.Model):
         validation_attack_steps: If > 0, `evaluate` (and fit's validation) also
             reports `robust_accuracy` under PGD with this many steps.
         validation_step_size: Step of that PGD; defaults to 2.5 * epsilon / steps.
+        beta: Weight >= 0 of the KL term of trades and mart (6 in their recipes).
         seed: Integer seed of the random starts.
         **kwargs: Passed to `keras.Model` (e.g. name).
     """
@@ -154,7 +170,7 @@ class AdversarialModel(keras.Model):
         epsilon=8 / 255,
         step_size=None,
         attack_steps=None,
-        initialization="uniform",
+        initialization=None,
         initialization_scale=None,
         carry_perturbation=False,
         step_size_rule="constant",
@@ -162,6 +178,7 @@ class AdversarialModel(keras.Model):
         input_std="auto",
         validation_attack_steps=0,
         validation_step_size=None,
+        beta=6.0,
         seed=0,
         **kwargs,
     ):
@@ -171,14 +188,19 @@ class AdversarialModel(keras.Model):
         self.method = attacks.check_choice(method, METHODS, "method")
         self.epsilon = attacks.check_epsilon(epsilon)
         self.step_size = self._resolve_step_size(step_size)
+        if initialization is None:
+            initialization = _TRADES_INITIALIZATION[0] if self.method == "trades" else "uniform"
         self.initialization = attacks.check_choice(
             initialization, attacks.INITIALIZATIONS, "initialization"
         )
-        self.initialization_scale = (
-            self.epsilon
-            if initialization_scale is None
-            else attacks.check_positive(initialization_scale, "initialization_scale")
-        )
+        if initialization_scale is None:
+            initialization_scale = _TRADES_INITIALIZATION[1] if self.method == "trades" else self.epsilon
+        else:
+            initialization_scale = attacks.check_positive(initialization_scale, "initialization_scale")
+        self.initialization_scale = float(initialization_scale)
+        self.beta = float(beta)
+        if not self.beta >= 0.0:
+            raise ValueError(f"beta must be >= 0, got {beta}.")
         if carry_perturbation and method not in REPLAY_METHODS:
             raise ValueError(
                 f"carry_perturbation applies to methods {', '.join(REPLAY_METHODS)} only, "
@@ -234,7 +256,7 @@ class AdversarialModel(keras.Model):
 
     def _resolve_step_size(self, step_size):
         if step_size is None:
-            fraction = 0.25 if self.method == "pgd" else 1.25
+            fraction = 0.25 if self.method in ATTACK_THEN_UPDATE_METHODS else 1.25
             return fraction * self.epsilon
         if self.epsilon == 0.0 and float(step_size) == 0.0:
             return 0.0
@@ -266,7 +288,7 @@ class AdversarialModel(keras.Model):
 
     @property
     def attack_steps(self):
-        """The iteration count: replays r (deat, free) or PGD steps K (pgd).
+        """The iteration count: replays r (deat, free) or attack steps K (pgd, trades, mart).
 
         Setting it between epochs takes effect from the next minibatch; for
         deat/free it rebuilds the train function.
@@ -456,13 +478,13 @@ class AdversarialModel(keras.Model):
         labels = tf.cast(tf.reshape(y, [-1]), tf.int32)
         if self.method in REPLAY_METHODS:
             steps, logits, loss, input_gradient = self._replay_step(x, y, labels, sample_weight)
-        elif self.method == "pgd":
-            steps, logits, loss, input_gradient = self._pgd_step(x, y, labels, sample_weight)
+        elif self.method in ATTACK_THEN_UPDATE_METHODS:
+            steps, logits, loss, input_gradient = self._attack_then_update_step(x, y, labels, sample_weight)
         elif self.method == "fgsm_rs":
             steps, logits, loss, input_gradient = self._fgsm_step(x, y, labels, sample_weight)
         else:
             steps = 0
-            logits, loss, _ = self._update(lambda images: images, x, y, sample_weight, False)
+            logits, loss, _ = self._update(_identity, x, self._cross_entropy_forward(y, sample_weight), False)
             input_gradient = None
 
         batch_size = tf.shape(x)[0]
@@ -489,33 +511,48 @@ class AdversarialModel(keras.Model):
             gradient = gradient * tf.constant(self._input_std, tf.float32)
         return tf.reduce_sum(tf.abs(gradient))
 
-    def _step_seed(self):
-        """A stateless seed unique to (seed, minibatch, replica)."""
+    def _random_start(self, x):
+        """The random start of this minibatch, the same for any number of replicas.
+
+        Each replica draws the start of the whole (evenly split) global batch
+        from one seed per minibatch and keeps its own slice, so replicas get
+        different noise and 1 or N replicas train on the same starts. The extra
+        draws cost little next to a forward pass.
+        """
         context = tf.distribute.get_replica_context()
+        replicas = 1 if context is None else context.num_replicas_in_sync
         replica = 0 if context is None else context.replica_id_in_sync_group
-        base = tf.stack(
+        seed = tf.stack(
             [tf.constant(self.seed, tf.int64), tf.cast(self._minibatch_counter.value, tf.int64)]
         )
-        return tf.random.experimental.stateless_fold_in(base, tf.cast(replica, tf.int32))
-
-    def _random_start(self, x):
+        local_batch = tf.shape(x)[0]
+        shape = tf.concat([[local_batch * replicas], tf.shape(x)[1:]], axis=0)
         noise = attacks.initial_perturbation(
-            tf.shape(x),
-            self.epsilon,
-            self.initialization,
-            self.initialization_scale,
-            seed=self._step_seed(),
+            shape, self.epsilon, self.initialization, self.initialization_scale, seed=seed
         )
-        return attacks.project(x + noise, x, self.epsilon)
+        offset = tf.cast(replica, tf.int32) * local_batch
+        return attacks.project(x + noise[offset : offset + local_batch], x, self.epsilon)
 
-    def _update(self, to_images, watched, y, sample_weight, want_input_gradient):
+    def _cross_entropy_forward(self, y, sample_weight):
+        """The forward of the standard update: compiled loss on f(images)."""
+
+        def forward(images):
+            logits = self.network(images, training=True)
+            loss = self.compute_loss(
+                x=images, y=y, y_pred=logits, sample_weight=sample_weight, training=True
+            )
+            return logits, loss
+
+        return forward
+
+    def _update(self, to_images, watched, forward, want_input_gradient):
         """One forward and one backward in training mode, then one optimizer update.
 
         Args:
             to_images: Maps the watched tensor to the network input.
             watched: The tensor whose gradient is returned (x_adv or the carried delta).
-            y: Labels as given to fit.
-            sample_weight: Optional sample weights.
+            forward: Maps network input to (logits to score, training loss); the
+                loss is already divided by the replica count, as Keras losses are.
             want_input_gradient: Whether to differentiate w.r.t. `watched` too.
 
         Returns:
@@ -525,11 +562,7 @@ class AdversarialModel(keras.Model):
         with tf.GradientTape() as tape:
             if want_input_gradient:
                 tape.watch(watched)
-            images = to_images(watched)
-            logits = self.network(images, training=True)
-            loss = self.compute_loss(
-                x=images, y=y, y_pred=logits, sample_weight=sample_weight, training=True
-            )
+            logits, loss = forward(to_images(watched))
             scaled_loss = self.optimizer.scale_loss(loss)
         targets = list(variables) + ([watched] if want_input_gradient else [])
         gradients = tape.gradient(scaled_loss, targets)
@@ -566,9 +599,10 @@ class AdversarialModel(keras.Model):
             to_images = lambda delta: tf.clip_by_value(x + delta, 0.0, 1.0)  # noqa: E731
         else:
             watched = self._random_start(x)
-            to_images = lambda images: images  # noqa: E731
+            to_images = _identity
+        forward = self._cross_entropy_forward(y, sample_weight)
         for replay in range(replays):
-            logits, loss, gradient = self._update(to_images, watched, y, sample_weight, True)
+            logits, loss, gradient = self._update(to_images, watched, forward, True)
             if self.carry_perturbation:
                 watched = tf.clip_by_value(
                     watched + step_size * tf.sign(gradient), -self.epsilon, self.epsilon
@@ -591,20 +625,69 @@ class AdversarialModel(keras.Model):
 
         return logits_fn
 
-    def _pgd_step(self, x, y, labels, sample_weight):
+    def _attack_then_update_step(self, x, y, labels, sample_weight):
+        """pgd, trades, mart: a K-step attack without updates, then one update."""
         steps = tf.convert_to_tensor(self._attack_steps_variable.value)
         step_size = tf.constant(self.step_size, tf.float32)
         if self.step_size_rule == "max_epsilon_over_steps":
             step_size = tf.maximum(
                 self.epsilon / tf.cast(tf.maximum(steps, 1), tf.float32), step_size
             )
+        attack_logits = self._attack_logits_function()
+        if self.method == "trades":
+            natural_probabilities = tf.stop_gradient(tf.nn.softmax(tf.cast(attack_logits(x), tf.float32)))
+            attack_loss = lambda logits, _: _kl_divergence(natural_probabilities, logits)  # noqa: E731
+            forward = self._trades_forward(x, y, sample_weight)
+        elif self.method == "mart":
+            attack_loss = "ce"
+            forward = self._mart_forward(x, labels)
+        else:
+            attack_loss = "ce"
+            forward = self._cross_entropy_forward(y, sample_weight)
         start = self._random_start(x)
-        x_adv = attacks.pgd_loop(
-            self._attack_logits_function(), x, labels, start, self.epsilon, step_size, steps, "ce"
-        )
+        x_adv = attacks.pgd_loop(attack_logits, x, labels, start, self.epsilon, step_size, steps, attack_loss)
         x_adv = tf.stop_gradient(x_adv)
-        logits, loss, gradient = self._update(lambda images: images, x_adv, y, sample_weight, True)
+        logits, loss, gradient = self._update(_identity, x_adv, forward, True)
         return steps, logits, loss, gradient
+
+    def _trades_forward(self, x, y, sample_weight):
+        """CE(f(x), y) + beta * KL(f(x) || f(x_adv)), KL summed over classes, batch mean."""
+
+        def forward(x_adv):
+            natural_logits = self.network(x, training=True)
+            adversarial_logits = self.network(x_adv, training=True)
+            natural_loss = self.compute_loss(
+                x=x, y=y, y_pred=natural_logits, sample_weight=sample_weight, training=True
+            )
+            natural_probabilities = tf.nn.softmax(tf.cast(natural_logits, tf.float32))
+            robust_loss = tf.reduce_mean(_kl_divergence(natural_probabilities, adversarial_logits))
+            return adversarial_logits, natural_loss + self.beta * _per_replica_share(robust_loss)
+
+        return forward
+
+    def _mart_forward(self, x, labels):
+        """MART: boosted CE on f(x_adv) + beta * KL(f(x) || f(x_adv)) * (1 - p_y(x))."""
+
+        def forward(x_adv):
+            natural_logits = tf.cast(self.network(x, training=True), tf.float32)
+            adversarial_logits = self.network(x_adv, training=True)
+            logits = tf.cast(adversarial_logits, tf.float32)
+            adversarial_probabilities = tf.nn.softmax(logits)
+            # The most likely wrong class under attack.
+            top_two = tf.math.top_k(adversarial_probabilities, k=2).indices
+            wrong = tf.where(tf.equal(top_two[:, 0], labels), top_two[:, 1], top_two[:, 0])
+            wrong_probability = tf.gather(adversarial_probabilities, wrong, batch_dims=1)
+            boosted_cross_entropy = tf.nn.sparse_softmax_cross_entropy_with_logits(
+                labels=labels, logits=logits
+            ) - tf.math.log(1.0001 - wrong_probability + 1e-12)
+            natural_probabilities = tf.nn.softmax(natural_logits)
+            true_probability = tf.gather(natural_probabilities, labels, batch_dims=1)
+            robust = _kl_divergence(natural_probabilities, logits) * (1.0000001 - true_probability)
+            loss = tf.reduce_mean(boosted_cross_entropy) + self.beta * tf.reduce_mean(robust)
+            regularization = tf.add_n(self.losses) if self.losses else 0.0
+            return adversarial_logits, _per_replica_share(loss + regularization)
+
+        return forward
 
     def _fgsm_step(self, x, y, labels, sample_weight):
         start = self._random_start(x)
@@ -612,7 +695,9 @@ class AdversarialModel(keras.Model):
         x_adv = tf.stop_gradient(
             attacks.project(attacks.signed_step(start, gradient, self.step_size), x, self.epsilon)
         )
-        logits, loss, gradient = self._update(lambda images: images, x_adv, y, sample_weight, True)
+        logits, loss, gradient = self._update(
+            _identity, x_adv, self._cross_entropy_forward(y, sample_weight), True
+        )
         return 1, logits, loss, gradient
 
     # ---------------------------------------------------------------- test step
@@ -657,6 +742,7 @@ class AdversarialModel(keras.Model):
             "input_std": self.input_std_setting,
             "validation_attack_steps": self.validation_attack_steps,
             "validation_step_size": self.validation_step_size,
+            "beta": self.beta,
             "seed": self.seed,
         }
 
@@ -667,6 +753,23 @@ class AdversarialModel(keras.Model):
             config.pop("network"), custom_objects=custom_objects
         )
         return cls(network, **config)
+
+
+def _identity(images):
+    return images
+
+
+def _kl_divergence(probabilities, logits):
+    """Per-example KL(p || softmax(logits)), summed over classes."""
+    log_q = tf.nn.log_softmax(tf.cast(logits, tf.float32))
+    return tf.reduce_sum(tf.math.xlogy(probabilities, probabilities) - probabilities * log_q, axis=-1)
+
+
+def _per_replica_share(loss):
+    """Divides a batch-mean loss by the replica count, as Keras losses do,
+    so that gradients summed over replicas are those of the global mean."""
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    return loss / replicas if replicas > 1 else loss
 
 
 def _unscale_for_distribution(loss):

@@ -136,13 +136,15 @@ def per_example_loss(logits, labels, loss="ce"):
     Args:
         logits: Float tensor [batch, classes].
         labels: Integer tensor [batch] of true classes.
-        loss: "ce" for softmax cross-entropy, or "cw" for the Carlini-Wagner
+        loss: "ce" for softmax cross-entropy, "cw" for the Carlini-Wagner
             margin max_{j != y} z_j - z_y (no confidence clamp, so its gradient
-            never vanishes).
+            never vanishes), or a callable (logits, labels) -> losses [batch].
 
     Returns:
         Float tensor [batch].
     """
+    if callable(loss):
+        return loss(logits, labels)
     logits = tf.cast(logits, tf.float32)
     labels = tf.cast(tf.reshape(labels, [-1]), tf.int32)
     if loss == "ce":

@@ -1,7 +1,7 @@
 """Keras callbacks that change the attack iteration count between epochs.
 
 All three act on `AdversarialModel.attack_steps`: the replay count r for
-method "deat", the PGD step count K for method "pgd". Their state lives in the
+method "deat", the attack step count K for "pgd", "trades" and "mart". Their state lives in the
 model (`attack_steps`, `schedule_threshold`, `schedule_epochs`), so it is saved
 and restored with the model or a checkpoint; a resumed fit continues the rule
 where it stopped instead of starting over.
@@ -25,8 +25,8 @@ import keras
 from deat_tf import attacks
 from deat_tf.adversarial_model import AdversarialModel
 
-SCHEDULED_METHODS = ("deat", "pgd")
-_INITIAL_STEPS = {"deat": 1, "pgd": 0}
+SCHEDULED_METHODS = ("deat", "pgd", "trades", "mart")
+_INITIAL_STEPS = {"deat": 1, "pgd": 0, "trades": 0, "mart": 0}
 
 
 class IterationScheduler(keras.callbacks.Callback):
@@ -35,7 +35,7 @@ class IterationScheduler(keras.callbacks.Callback):
     Args:
         max_steps: Cap on the iteration count (>= 1).
         initial_steps: Count for the first epoch; defaults to 1 for deat (r) and
-            0 for pgd (K), as the M+ recipes start.
+            0 for pgd, trades and mart (K), as the M+ recipes start.
         verbose: 1 prints a line whenever the count changes.
     """
 
@@ -143,7 +143,7 @@ class MagnitudeScheduler(IterationScheduler):
     Args:
         gamma: Threshold factor > 0 (1.01 for CIFAR, 1.1 or 1.01 for ImageNet).
         max_steps: Cap r_max or K_max (8 for CIFAR DEAT, 4 ImageNet, 7 M+PGD).
-        initial_steps: Count of epoch 0 (default 1 for deat, 0 for pgd).
+        initial_steps: Count of epoch 0 (default 1 for deat, else 0).
         monitor: Log key of the epoch magnitude.
         verbose: 1 prints a line whenever the count changes.
     """
@@ -185,7 +185,7 @@ class PeriodicScheduler(IterationScheduler):
     Args:
         period: Epochs per increase d (>= 1; 3 in the paper).
         max_steps: Cap (5 in the paper).
-        initial_steps: Count of epoch 0 (default 1 for deat, 0 for pgd).
+        initial_steps: Count of epoch 0 (default 1 for deat, else 0).
         verbose: 1 prints a line whenever the count changes.
     """
 
@@ -216,7 +216,7 @@ class AccuracyScheduler(IterationScheduler):
     Args:
         threshold: Accuracy p in [0, 1] above which the count rises (0.4 in the paper).
         max_steps: Cap (4 in the paper).
-        initial_steps: Count of epoch 0 (default 1 for deat, 0 for pgd).
+        initial_steps: Count of epoch 0 (default 1 for deat, else 0).
         monitor: Log key of the accuracy on the adversarial inputs of the last replay.
         verbose: 1 prints a line whenever the count changes.
     """

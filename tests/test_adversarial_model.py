@@ -60,17 +60,27 @@ def make_model(method="deat", optimizer=None, network=None, **kwargs):
 
 
 @pytest.mark.parametrize(
-    "method, steps, updates_per_batch",
-    [("deat", 3, 3), ("free", 2, 2), ("pgd", 4, 1), ("pgd", 0, 1), ("fgsm_rs", None, 1), ("none", None, 1)],
+    "method, steps, updates_per_batch, forwards_per_batch",
+    [
+        ("deat", 3, 3, 3),
+        ("free", 2, 2, 2),
+        ("pgd", 4, 1, 1),
+        ("pgd", 0, 1, 1),
+        # The TRADES and MART updates run the network on x and on x_adv.
+        ("trades", 3, 1, 2),
+        ("mart", 2, 1, 2),
+        ("fgsm_rs", None, 1, 1),
+        ("none", None, 1, 1),
+    ],
 )
-def test_optimizer_updates_and_training_forwards_per_minibatch(method, steps, updates_per_batch):
+def test_optimizer_updates_and_training_forwards_per_minibatch(method, steps, updates_per_batch, forwards_per_batch):
     x, y = toy_data(5)
     model = make_model(method, attack_steps=steps)
     history = model.fit(x, y, batch_size=10, epochs=1, verbose=0)
     assert int(model.optimizer.iterations.numpy()) == 5 * updates_per_batch
     assert model.minibatches == 5
-    # Attack passes of pgd/fgsm_rs run statelessly: only update forwards count.
-    assert forward_count(model) == 5 * updates_per_batch
+    # Attack passes run statelessly: only the forwards of updates count.
+    assert forward_count(model) == 5 * forwards_per_batch
     expected_steps = {"fgsm_rs": 1, "none": 0}.get(method, steps)
     assert history.history["attack_steps"] == [expected_steps]
 
@@ -184,6 +194,78 @@ def test_pgd_trains_on_the_final_iterate_and_measures_its_gradient():
         np.testing.assert_allclose(trained.numpy(), expected.numpy(), rtol=1e-4, atol=1e-6)
 
 
+def trades_loss(network, x, x_adv, y, beta):
+    natural = network(x, training=True)
+    adversarial = network(x_adv, training=True)
+    cross_entropy = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(y, natural, from_logits=True))
+    p = tf.nn.softmax(natural)
+    kl = tf.reduce_sum(p * (tf.math.log(p) - tf.nn.log_softmax(adversarial)), axis=-1)
+    return cross_entropy + beta * tf.reduce_mean(kl)
+
+
+def mart_loss(network, x, x_adv, y, beta):
+    natural = tf.nn.softmax(network(x, training=True))
+    adversarial_logits = network(x_adv, training=True)
+    adversarial = tf.nn.softmax(adversarial_logits)
+    sorted_classes = tf.argsort(adversarial, axis=-1, direction="DESCENDING")
+    wrong = tf.where(sorted_classes[:, 0] == tf.cast(y, tf.int32), sorted_classes[:, 1], sorted_classes[:, 0])
+    boosted = keras.losses.sparse_categorical_crossentropy(y, adversarial_logits, from_logits=True)
+    boosted -= tf.math.log(1.0001 - tf.gather(adversarial, wrong, batch_dims=1) + 1e-12)
+    kl = tf.reduce_sum(natural * (tf.math.log(natural) - tf.math.log(adversarial + 1e-12)), axis=-1)
+    true_probability = tf.gather(natural, y, batch_dims=1)
+    return tf.reduce_mean(boosted) + beta * tf.reduce_mean(kl * (1.0000001 - true_probability))
+
+
+@pytest.mark.parametrize("method", ["trades", "mart"])
+def test_trades_and_mart_match_a_hand_computation(method):
+    x, y = toy_data(1, batch_size=16, seed=6)
+    epsilon, step_size, learning_rate, beta = 0.1, 0.03, 0.5, 6.0
+    model = make_model(
+        method,
+        optimizer=keras.optimizers.SGD(learning_rate),
+        network=counting_network(seed=9),
+        attack_steps=2,
+        epsilon=epsilon,
+        step_size=step_size,
+        beta=beta,
+    )
+    reference = counting_network(seed=9)
+    reference.set_weights(model.network.get_weights())
+    images, labels = tf.constant(x), tf.constant(y)
+    # The model's own draw for minibatch 0, so the hand computation starts alike.
+    x_adv = model._random_start(images)
+    if method == "trades":
+        assert np.abs(x_adv - images).max() < 0.01  # 0.001 N(0, 1) start
+    natural_probabilities = tf.nn.softmax(reference(images, training=True))
+    for _ in range(2):
+        with tf.GradientTape() as tape:
+            tape.watch(x_adv)
+            logits = reference(x_adv, training=True)
+            if method == "trades":
+                objective = tf.reduce_sum(
+                    natural_probabilities * (tf.math.log(natural_probabilities) - tf.nn.log_softmax(logits))
+                )
+            else:
+                objective = tf.reduce_sum(
+                    keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+                )
+        x_adv = attacks.project(x_adv + step_size * tf.sign(tape.gradient(objective, x_adv)), images, epsilon)
+    loss_function = trades_loss if method == "trades" else mart_loss
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x_adv)
+        loss = loss_function(reference, images, x_adv, labels, beta)
+    expected_magnitude = float(tf.reduce_sum(tf.abs(tape.gradient(loss, x_adv) * 0.5)))
+    gradients = tape.gradient(loss, reference.trainable_variables)
+    for variable, gradient in zip(reference.trainable_variables, gradients):
+        variable.assign_sub(learning_rate * gradient)
+
+    history = model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
+    assert history.history["loss"][0] == pytest.approx(float(loss), rel=1e-4)
+    assert history.history["grad_magnitude"][0] == pytest.approx(expected_magnitude, rel=1e-4)
+    for trained, expected in zip(model.network.trainable_variables, reference.trainable_variables):
+        np.testing.assert_allclose(trained.numpy(), expected.numpy(), rtol=1e-4, atol=1e-6)
+
+
 def test_grad_magnitude_is_the_epoch_sum_over_minibatches():
     x, y = toy_data(3, batch_size=10)
     model = make_model("deat", attack_steps=2)
@@ -291,7 +373,7 @@ def test_xla_compiled_train_step_matches_the_graph_one():
         (dict(epsilon=-0.01), "epsilon must be in \\[0, 1\\]"),
         (dict(epsilon=2.0), "epsilon must be in \\[0, 1\\]"),
         (dict(step_size=0.0), "step_size must be > 0"),
-        (dict(method="trades-ish"), "method must be one of deat, free, pgd, fgsm_rs, none"),
+        (dict(method="trades-ish"), "method must be one of deat, free, pgd, trades, mart, fgsm_rs, none"),
         (dict(method="pgd", attack_steps=-1), "attack_steps must be an integer >= 0"),
         (dict(method="deat", attack_steps=0), "attack_steps must be an integer >= 1"),
         (dict(method="fgsm_rs", attack_steps=3), "attack_steps is fixed at 1"),

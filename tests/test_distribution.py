@@ -19,7 +19,6 @@ def train(strategy, method, mnist_sample, carry=False):
             network,
             method=method,
             epsilon=0.3,
-            initialization="zero",  # random starts differ per replica by design
             carry_perturbation=carry,
             l2_weight_decay=5e-4,
         )
@@ -34,7 +33,9 @@ def train(strategy, method, mnist_sample, carry=False):
 
 
 @pytest.mark.parametrize(
-    "method, carry", [("deat", False), ("pgd", False), ("deat", True)], ids=["deat", "pgd", "deat-carried"]
+    "method, carry",
+    [("deat", False), ("pgd", False), ("deat", True), ("trades", False), ("mart", False)],
+    ids=["deat", "pgd", "deat-carried", "trades", "mart"],
 )
 def test_two_replicas_match_one_replica(mnist_sample, method, carry):
     single_history, single = train(tf.distribute.get_strategy(), method, mnist_sample, carry)
@@ -50,9 +51,16 @@ def test_two_replicas_match_one_replica(mnist_sample, method, carry):
         np.testing.assert_allclose(a, b, atol=2e-3)
 
 
-def test_random_starts_differ_between_replicas():
+def test_replicas_take_their_slices_of_the_single_replica_random_start():
+    images = tf.random.stateless_uniform((8, 4, 4, 1), [3, 4])
+    single = deat_tf.AdversarialModel(models.mnist_cnn(input_shape=(4, 4, 1)), epsilon=0.3, seed=5)
+    expected = single._random_start(images).numpy()
     strategy = two_replica_strategy()
     with strategy.scope():
-        model = deat_tf.AdversarialModel(models.mnist_cnn(), epsilon=0.3)
-    seeds = strategy.experimental_local_results(strategy.run(tf.function(model._step_seed)))
-    assert not np.array_equal(seeds[0].numpy(), seeds[1].numpy())
+        mirrored = deat_tf.AdversarialModel(models.mnist_cnn(input_shape=(4, 4, 1)), epsilon=0.3, seed=5)
+    halves = strategy.experimental_distribute_values_from_function(
+        lambda context: images[4 * context.replica_id_in_sync_group : 4 * (context.replica_id_in_sync_group + 1)]
+    )
+    starts = strategy.experimental_local_results(strategy.run(tf.function(mirrored._random_start), (halves,)))
+    np.testing.assert_array_equal(np.concatenate([start.numpy() for start in starts]), expected)
+    assert not np.array_equal(starts[0].numpy() - images[:4], starts[1].numpy() - images[4:])

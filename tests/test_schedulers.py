@@ -140,7 +140,7 @@ def test_schedulers_reject_models_they_cannot_schedule():
     for method in ("free", "fgsm_rs", "none"):
         callback = deat_tf.MagnitudeScheduler()
         callback.set_model(tiny_model(method))
-        with pytest.raises(ValueError, match="schedules methods deat, pgd"):
+        with pytest.raises(ValueError, match="schedules methods deat, pgd, trades, mart"):
             callback.on_train_begin()
     callback = deat_tf.MagnitudeScheduler()
     callback.set_model(keras.Sequential([keras.layers.Dense(1)]))
