@@ -585,6 +585,11 @@ def _prepare(config, workdir):
             f"--strategy={config.strategy}; batch_size is the global batch (each replica gets "
             f"batch_size / {replicas}), so pass a multiple of {replicas}."
         )
+    if config.jit_compile and replicas > 1 and not tf.config.list_logical_devices("GPU"):
+        raise ConfigError(
+            f"--jit_compile with {replicas} CPU replicas fails in XLA (variables on another device); "
+            "pass --nojit_compile or --strategy=one_device."
+        )
     try:
         pipelines = datasets.get_pipelines(
             config.dataset,
@@ -738,18 +743,24 @@ def train_and_evaluate(config, workdir):
             steps_per_epoch=steps_per_epoch,
             validation_data=pipelines.validation,
             callbacks=callbacks,
+            shuffle=False,  # the pipeline shuffles
             verbose=1 if config.progress_bar else 0,
         )
         save_keras(model, os.path.join(workdir, "model.keras"))
         save_keras(model.network, os.path.join(workdir, "network.keras"))
         summary.extra["test"] = {}
+        # One evaluator for both: the best weights are loaded into the same network, so
+        # its traced PGD is reused.
+        test_evaluator = _evaluation_model(
+            model.network, config, config.test_attack_steps, config.test_step_size, strategy
+        )
         if pipelines.test is not None:
-            summary.extra["test"]["last"] = _evaluate_test(model.network, config, pipelines, strategy)
+            summary.extra["test"]["last"] = _evaluate_test(test_evaluator, config, pipelines)
         # The best weights replace the last ones in memory; model.keras above keeps the last.
         checkpoints.checkpoint.read(checkpoints.best_path).expect_partial()
         save_keras(model.network, os.path.join(workdir, "best_network.keras"))
         if pipelines.test is not None:
-            summary.extra["test"]["best"] = _evaluate_test(model.network, config, pipelines, strategy)
+            summary.extra["test"]["best"] = _evaluate_test(test_evaluator, config, pipelines)
         summary.status = "finished"
     except BaseException as error:
         summary.status = f"failed: {type(error).__name__}: {error}".splitlines()[0]
@@ -766,9 +777,8 @@ def train_and_evaluate(config, workdir):
     return summary.summary()
 
 
-def _evaluate_test(network, config, pipelines, strategy):
-    """Clean and PGD accuracy of `network` on the test pipeline."""
-    evaluator = _evaluation_model(network, config, config.test_attack_steps, config.test_step_size, strategy)
+def _evaluate_test(evaluator, config, pipelines):
+    """Clean and PGD accuracy of the evaluator's network on the test pipeline."""
     started = time.perf_counter()
     results = evaluator.evaluate(pipelines.test, verbose=0, return_dict=True)
     result = {
