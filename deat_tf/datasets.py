@@ -38,7 +38,8 @@ Augmentations (`augmentation`):
 
 Random augmentations use stateless ops seeded by (seed, position of the
 example in the training stream), so they do not depend on how many threads
-run the map; `deterministic=True` also keeps the element order fixed.
+run the map; `deterministic=True` also keeps the training element order
+fixed. Validation and test pipelines always keep their order.
 """
 
 import dataclasses
@@ -488,7 +489,8 @@ def _training_pipeline(dataset, preprocess, batch_size, shuffle_buffer, seed, de
     return dataset.prefetch(_AUTOTUNE).with_options(_options(deterministic))
 
 
-def _evaluation_pipeline(dataset, preprocess, batch_size, deterministic, cache, limit=None):
+def _evaluation_pipeline(dataset, preprocess, batch_size, cache, limit=None):
+    """Batches in a fixed order (evaluation order costs nothing and eases comparisons)."""
     if limit is not None:
         dataset = dataset.take(limit)
     dataset = dataset.map(
@@ -497,7 +499,7 @@ def _evaluation_pipeline(dataset, preprocess, batch_size, deterministic, cache, 
     if cache:
         dataset = dataset.cache()
     dataset = dataset.batch(batch_size, num_parallel_calls=_AUTOTUNE)
-    return dataset.prefetch(_AUTOTUNE).with_options(_options(deterministic))
+    return dataset.prefetch(_AUTOTUNE).with_options(_options(True))
 
 
 def _check_sizes(name, train_examples, validation_size, batch_size):
@@ -612,12 +614,12 @@ def get_pipelines(
         train_source, train_preprocess, batch_size, shuffle_buffer, seed, deterministic, cache
     )
     validation = _evaluation_pipeline(
-        validation_source, evaluation_preprocess, evaluation_batch_size, deterministic, cache=True
+        validation_source, evaluation_preprocess, evaluation_batch_size, cache=True
     )
     test = None
     if test_examples != 0:
         test = _evaluation_pipeline(
-            test_source, evaluation_preprocess, evaluation_batch_size, deterministic,
+            test_source, evaluation_preprocess, evaluation_batch_size,
             cache=False, limit=test_examples,
         )
         if test_total is not None and test_examples is not None:
@@ -627,7 +629,7 @@ def get_pipelines(
     train_evaluation = None
     if train_evaluation_examples:
         train_evaluation = _evaluation_pipeline(
-            train_evaluation_source, evaluation_preprocess, evaluation_batch_size, deterministic,
+            train_evaluation_source, evaluation_preprocess, evaluation_batch_size,
             cache=True, limit=train_evaluation_examples,
         )
     return Pipelines(
