@@ -390,7 +390,7 @@ class EpochStatistics(keras.callbacks.Callback):
             evaluator, dataset = self.train_evaluator
             results = evaluator.evaluate(dataset, verbose=0, return_dict=True)
             logs["train_accuracy"] = float(results["accuracy"])
-        logs["epoch_seconds"] = time.perf_counter() - self._epoch_start
+        logs["seconds"] = time.perf_counter() - self._epoch_start
         self._epoch_start = None
 
 
@@ -455,7 +455,7 @@ EPOCH_FIELDS = (
     "lr",
     "train_seconds",
     "validation_seconds",
-    "epoch_seconds",
+    "seconds",
     "images_per_second",
     "gradient_passes",
 )
@@ -513,7 +513,7 @@ class RunSummary(keras.callbacks.Callback):
             parts.append(f"robust {record['val_robust_accuracy']:.4f}")
         parts.append(f"lr {record.get('lr', math.nan):.3g}")
         parts.append(
-            f"{record.get('epoch_seconds', math.nan):.1f}s ({record.get('images_per_second', math.nan):.0f} img/s)"
+            f"{record.get('seconds', math.nan):.1f}s ({record.get('images_per_second', math.nan):.0f} img/s)"
         )
         if record["best"]:
             parts.append("*best")
@@ -557,7 +557,7 @@ class RunSummary(keras.callbacks.Callback):
                 f"{record.get('adv_accuracy', math.nan):>8.4f} "
                 f"{record.get('val_accuracy', math.nan):>9.4f} "
                 f"{record.get('val_robust_accuracy', math.nan):>10.4f} "
-                f"{record.get('epoch_seconds', math.nan):>8.1f}"
+                f"{record.get('seconds', math.nan):>8.1f}"
                 + ("  *best" if record["best"] else "")
             )
         totals = self.totals()

@@ -91,7 +91,7 @@ def assert_complete_workdir(workdir, epochs):
             "val_robust_accuracy",
             "lr",
             "train_seconds",
-            "epoch_seconds",
+            "seconds",
             "images_per_second",
             "gradient_passes",
         ):
