@@ -205,8 +205,8 @@ def check_workdir(workdir):
         os.rmdir(probe)
     except OSError as error:
         raise ConfigError(
-            f"--workdir {path} is not writable ({error.strerror or error} in {probe_parent}); "
-            "pass a folder you can write to."
+            f"--workdir {path} is not writable (creating a folder in {probe_parent} failed: "
+            f"{error.strerror or error}); pass a folder you can write to."
         ) from None
     return path
 

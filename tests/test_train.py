@@ -397,3 +397,31 @@ def test_boundaries_outside_the_run_are_rejected():
         learning_rates.make_learning_rate("piecewise", 0.1, 5, 10, boundaries=(10,))
     with pytest.raises(ValueError, match="fractions"):
         learning_rates.make_learning_rate("multistep", 0.1, 5, 10, boundaries=(50,))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", ["cifar10_pgd7", "cifar10_free8", "cifar10_mplus_pgd", "cifar10_fgsm_rs", "cifar100_deat", "imagenet_free4"])
+def test_every_recipe_trains_a_tiny_epoch_on_mock_data(bin_train, tmp_path, recipe):
+    manual = tmp_path / "manual"
+    manual.mkdir()
+    for name in ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar"):
+        (manual / name).touch()
+    workdir = tmp_path / recipe
+    with tfds.testing.mock_data(num_examples=8):
+        code = run_cli(
+            bin_train,
+            f"--config={CONFIGS}/{recipe}.py",
+            f"--workdir={workdir}",
+            f"--manual_dir={manual}",
+            "--image_size=32",
+            "--model=preact_resnet18",
+            "--model_width=2",
+            "--batch_size=4",
+            "--validation_size=4",
+            "--test_examples=4",
+            "--train_accuracy_examples=4",
+            "--lr_schedule=constant",
+            *TINY,
+        )
+    assert code == 0
+    assert_complete_workdir(workdir, epochs=1)
