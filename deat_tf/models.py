@@ -171,3 +171,193 @@ def preact_resnet18(
     hidden = layers.GlobalAveragePooling2D(name="pool")(hidden)
     outputs = layers.Dense(num_classes, name="logits")(hidden)
     return keras.Model(inputs, outputs, name=name)
+
+
+def wide_resnet34_10(
+    input_shape=(32, 32, 3),
+    num_classes=10,
+    mean=CIFAR10_MEAN,
+    std=CIFAR10_STD,
+    depth=34,
+    widen_factor=10,
+    name="wide_resnet34_10",
+):
+    """WideResNet-34-10, the larger CIFAR network of the adversarial training literature.
+
+    The variant of Madry et al. and TRADES: a 16-filter stem, three stages of
+    (depth - 4) / 6 pre-activation blocks with 16k, 32k and 64k filters
+    (k = widen_factor), strides 1, 2, 2, then BN-ReLU, global pooling and a
+    dense layer; no dropout. 46.2M parameters at depth 34, k 10.
+
+    Args:
+        input_shape: Image shape (height, width, channels).
+        num_classes: Number of classes.
+        mean: Per-channel mean used by the `Standardize` input layer.
+        std: Per-channel std used by the `Standardize` input layer.
+        depth: Network depth; (depth - 4) must be divisible by 6.
+        widen_factor: Width multiplier k (10 in the recipes; small values make
+            fast test models with the same structure).
+        name: Model name.
+
+    Returns:
+        A functional `keras.Model` returning logits.
+    """
+    if depth < 10 or (depth - 4) % 6:
+        raise ValueError(f"depth must be 6n + 4 with n >= 1 (e.g. 34), got {depth}.")
+    if widen_factor < 1:
+        raise ValueError(f"widen_factor must be >= 1, got {widen_factor}.")
+    blocks = (depth - 4) // 6
+    inputs = keras.Input(input_shape)
+    hidden = Standardize(mean, std, name="standardize")(inputs)
+    hidden = _conv(16, 3, 1, "stem_conv")(hidden)
+    for stage, (filters, strides) in enumerate(((16, 1), (32, 2), (64, 2))):
+        for block in range(blocks):
+            hidden = _preact_block(
+                hidden,
+                filters * widen_factor,
+                strides if block == 0 else 1,
+                name=f"stage{stage + 1}_block{block + 1}",
+            )
+    hidden = layers.ReLU(name="final_relu")(_batch_norm("final_bn")(hidden))
+    hidden = layers.GlobalAveragePooling2D(name="pool")(hidden)
+    outputs = layers.Dense(num_classes, name="logits")(hidden)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def _padded_conv(inputs, filters, kernel_size, strides, name):
+    """Convolution padded like PyTorch (kernel // 2 on every side), also when strided.
+
+    Keras "same" padding is asymmetric for strided convolutions on even sizes;
+    explicit padding keeps the ImageNet network identical to torchvision's.
+    """
+    if strides == 1:
+        return _conv(filters, kernel_size, 1, name)(inputs)
+    padded = layers.ZeroPadding2D(kernel_size // 2, name=f"{name}_pad")(inputs)
+    return layers.Conv2D(
+        filters,
+        kernel_size,
+        strides=strides,
+        padding="valid",
+        use_bias=False,
+        kernel_initializer="he_normal",
+        name=name,
+    )(padded)
+
+
+def _bottleneck_block(inputs, filters, strides, name):
+    """ResNet v1.5 bottleneck: 1x1, 3x3 (strided), 1x1 x4, each with BN; projection shortcut."""
+    expanded = filters * 4
+    if strides != 1 or inputs.shape[-1] != expanded:
+        # A strided 1x1 convolution needs no padding in either framework.
+        shortcut = layers.Conv2D(
+            expanded,
+            1,
+            strides=strides,
+            padding="valid",
+            use_bias=False,
+            kernel_initializer="he_normal",
+            name=f"{name}_shortcut_conv",
+        )(inputs)
+        shortcut = _batch_norm(f"{name}_shortcut_bn")(shortcut)
+    else:
+        shortcut = inputs
+    hidden = _conv(filters, 1, 1, f"{name}_conv1")(inputs)
+    hidden = layers.ReLU(name=f"{name}_relu1")(_batch_norm(f"{name}_bn1")(hidden))
+    hidden = _padded_conv(hidden, filters, 3, strides, f"{name}_conv2")
+    hidden = layers.ReLU(name=f"{name}_relu2")(_batch_norm(f"{name}_bn2")(hidden))
+    hidden = _conv(expanded, 1, 1, f"{name}_conv3")(hidden)
+    hidden = _batch_norm(f"{name}_bn3")(hidden)
+    hidden = layers.Add(name=f"{name}_add")([hidden, shortcut])
+    return layers.ReLU(name=f"{name}_out")(hidden)
+
+
+def resnet50(
+    input_shape=(224, 224, 3),
+    num_classes=1000,
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
+    width=64,
+    name="resnet50",
+):
+    """ResNet-50 v1.5 (torchvision's layout), the ImageNet network of the DEAT and FREE papers.
+
+    Stem 7x7/2 conv + 3x3/2 max pool, stages of 3, 4, 6, 3 bottleneck blocks
+    with the stride on the 3x3 convolution, global pooling, dense layer.
+    25,557,032 trainable parameters at width 64 and 1000 classes, as torchvision.
+
+    Args:
+        input_shape: Image shape (height, width, channels); any size >= 32.
+        num_classes: Number of classes.
+        mean: Per-channel mean used by the `Standardize` input layer.
+        std: Per-channel std used by the `Standardize` input layer.
+        width: Filters of the stem and first stage (64 in the paper); smaller
+            values make fast test models with the same structure.
+        name: Model name.
+
+    Returns:
+        A functional `keras.Model` returning logits.
+    """
+    inputs = keras.Input(input_shape)
+    hidden = Standardize(mean, std, name="standardize")(inputs)
+    hidden = _padded_conv(hidden, width, 7, 2, "stem_conv")
+    hidden = layers.ReLU(name="stem_relu")(_batch_norm("stem_bn")(hidden))
+    # Zero padding equals PyTorch's -inf padding here: the input is after a ReLU.
+    hidden = layers.ZeroPadding2D(1, name="stem_pool_pad")(hidden)
+    hidden = layers.MaxPooling2D(3, strides=2, name="stem_pool")(hidden)
+    for stage, (blocks, strides) in enumerate(((3, 1), (4, 2), (6, 2), (3, 2))):
+        for block in range(blocks):
+            hidden = _bottleneck_block(
+                hidden,
+                width * 2**stage,
+                strides if block == 0 else 1,
+                name=f"stage{stage + 1}_block{block + 1}",
+            )
+    hidden = layers.GlobalAveragePooling2D(name="pool")(hidden)
+    outputs = layers.Dense(num_classes, name="logits")(hidden)
+    return keras.Model(inputs, outputs, name=name)
+
+
+MODELS = {
+    "mnist_cnn": mnist_cnn,
+    "preact_resnet18": preact_resnet18,
+    "wide_resnet34_10": wide_resnet34_10,
+    "resnet50": resnet50,
+}
+_WIDTH_ARGUMENT = {"preact_resnet18": "width", "wide_resnet34_10": "widen_factor", "resnet50": "width"}
+
+
+def get_model(name, input_shape, num_classes, mean=(0.0,), std=(1.0,), width=None):
+    """Builds a network of the registry by name, normalising with the dataset's statistics.
+
+    Args:
+        name: One of `MODELS`: mnist_cnn, preact_resnet18, wide_resnet34_10, resnet50.
+        input_shape: Image shape (height, width, channels).
+        num_classes: Number of classes.
+        mean: Per-channel mean of the training images in [0, 1].
+        std: Per-channel std of the training images in [0, 1].
+        width: Optional width (preact_resnet18 and resnet50: first-stage filters;
+            wide_resnet34_10: widen factor); None keeps the paper's width.
+
+    Returns:
+        A `keras.Model` mapping images in [0, 1] to logits.
+
+    Raises:
+        ValueError: For an unknown name, or a width the network does not take.
+    """
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}.")
+    arguments = {"input_shape": tuple(input_shape), "num_classes": int(num_classes)}
+    if name == "mnist_cnn":
+        if width is not None:
+            raise ValueError("model mnist_cnn has a fixed width; leave model_width unset.")
+        # The fast-AT MNIST network trains on raw pixels; MNIST's constants are (0, 1).
+        return mnist_cnn(**arguments)
+    if width is not None:
+        if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+            raise ValueError(f"model width must be an integer >= 1, got {width!r}.")
+        arguments[_WIDTH_ARGUMENT[name]] = width
+    channels = input_shape[-1]
+    mean, std = tuple(mean), tuple(std)
+    if len(mean) == 1 and channels > 1:
+        mean, std = mean * channels, std * channels
+    return MODELS[name](mean=mean, std=std, **arguments)

@@ -1,0 +1,164 @@
+"""Input pipelines: carving, ranges, augmentations, determinism, npz files, ImageNet checks."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from deat_tf import datasets
+
+
+def first_batch(dataset):
+    images, labels = next(iter(dataset))
+    return images.numpy(), labels.numpy()
+
+
+def all_examples(dataset):
+    images, labels = zip(*[(x.numpy(), y.numpy()) for x, y in dataset])
+    return np.concatenate(images), np.concatenate(labels)
+
+
+def test_mnist_sample_validation_is_the_end_of_the_training_split(mnist_sample):
+    pipelines = datasets.get_pipelines("mnist_sample", 100, 1000, test_examples=300, train_evaluation_examples=50)
+    assert pipelines.steps_per_epoch == 70
+    assert (pipelines.train_examples, pipelines.validation_examples, pipelines.test_examples) == (7000, 1000, 300)
+    validation_images, validation_labels = all_examples(pipelines.validation)
+    np.testing.assert_allclose(validation_images, mnist_sample["x_train"][7000:], atol=1e-6)
+    np.testing.assert_array_equal(validation_labels, mnist_sample["y_train"][7000:])
+    test_images, _ = all_examples(pipelines.test)
+    np.testing.assert_allclose(test_images, mnist_sample["x_test"][:300], atol=1e-6)
+    subset_images, _ = all_examples(pipelines.train_evaluation)
+    np.testing.assert_allclose(subset_images, mnist_sample["x_train"][:50], atol=1e-6)
+
+    images, labels = first_batch(pipelines.train)
+    assert images.shape == (100, 28, 28, 1) and images.dtype == np.float32
+    assert images.min() >= 0.0 and images.max() <= 1.0 and labels.dtype == np.int64
+    # No validation digit is ever trained on: compare raw pixels of a few training batches.
+    validation_keys = {image.tobytes() for image in validation_images}
+    for images, _ in pipelines.train.take(5):
+        assert not validation_keys & {image.tobytes() for image in images.numpy()}
+
+
+def test_training_pipeline_is_reproducible_with_a_seed():
+    def batches(seed):
+        pipelines = datasets.get_pipelines("mnist_sample", 64, 500, seed=seed, deterministic=True)
+        return [labels.numpy() for _, labels in pipelines.train.take(3)]
+
+    first, again, other = batches(1), batches(1), batches(2)
+    for left, right in zip(first, again):
+        np.testing.assert_array_equal(left, right)
+    assert any((left != right).any() for left, right in zip(first, other))
+
+
+def test_cifar_crop_flip_changes_training_images_only():
+    with tfds.testing.mock_data(num_examples=16):
+        pipelines = datasets.get_pipelines(
+            "cifar10", 16, 4, shuffle_buffer=1, seed=0, train_evaluation_examples=16, deterministic=True
+        )
+        augmented, _ = first_batch(pipelines.train)
+        plain, _ = all_examples(pipelines.train_evaluation)
+    assert pipelines.spec.num_classes == 10 and pipelines.steps_per_epoch is None
+    assert augmented.shape == (16, 32, 32, 3)
+    assert augmented.min() >= 0.0 and augmented.max() <= 1.0
+    # Mock examples are random pixels: a shifted or flipped crop differs from the original.
+    assert not np.allclose(augmented, plain[: len(augmented)])
+    # Zero padding shows up as black borders in some crops.
+    assert (augmented[:, :4] == 0).all(axis=(1, 2, 3)).any() or (augmented[:, :, :4] == 0).all(axis=(1, 2, 3)).any()
+
+
+def test_imagenet_crops_to_the_configured_size(tmp_path):
+    for name in datasets.IMAGENET_MANUAL_FILES:
+        (tmp_path / name).touch()
+    with tfds.testing.mock_data(num_examples=6):
+        pipelines = datasets.get_pipelines(
+            "imagenet2012", 3, 3, image_size=48, manual_dir=str(tmp_path), test_examples=3
+        )
+        train_images, _ = first_batch(pipelines.train)
+        test_images, test_labels = all_examples(pipelines.test)
+    assert pipelines.spec.image_shape == (48, 48, 3) and pipelines.spec.num_classes == 1000
+    assert train_images.shape == (3, 48, 48, 3) and test_images.shape == (3, 48, 48, 3)
+    for images in (train_images, test_images):
+        assert images.dtype == np.float32 and images.min() >= 0.0 and images.max() <= 1.0
+    assert test_labels.max() < 1000
+
+
+def test_resize_center_crop_keeps_the_middle_of_the_image():
+    image = np.zeros((100, 300, 3), np.uint8)
+    image[:, 140:160] = 255  # a white stripe in the middle
+    cropped = datasets._resize_center_crop(tf.constant(image), 56).numpy()
+    # Shorter side 100 -> 64, width 300 -> 192, then the central 56 x 56.
+    assert cropped.shape == (56, 56, 3)
+    assert cropped[:, 28].min() > 0.9 and cropped[:, 0].max() < 0.1
+
+
+def test_missing_imagenet_tars_raise_with_the_manual_folder(tmp_path):
+    with pytest.raises(datasets.DatasetError) as raised:
+        datasets.prepare("imagenet2012", data_dir=str(tmp_path / "tfds"))
+    message = str(raised.value)
+    assert str(tmp_path / "tfds" / "downloads" / "manual") in message
+    assert "ILSVRC2012_img_train.tar" in message and "ILSVRC2012_img_val.tar" in message
+    assert "\n" not in message
+
+
+def test_npz_arrays_of_uint8_digits(tmp_path, mnist_sample):
+    path = tmp_path / "digits.npz"
+    x_train = (mnist_sample["x_train"][:300, ..., 0] * 255).round().astype(np.uint8)
+    np.savez(
+        path,
+        x_train=x_train,
+        y_train=mnist_sample["y_train"][:300].astype(np.uint8),
+        x_test=(mnist_sample["x_test"][:50, ..., 0] * 255).round().astype(np.uint8),
+        y_test=mnist_sample["y_test"][:50],
+    )
+    pipelines = datasets.get_pipelines(f"npz:{path}", 50, 100)
+    assert pipelines.spec.image_shape == (28, 28, 1)
+    assert pipelines.spec.num_classes == 10
+    assert pipelines.spec.mean[0] == pytest.approx(x_train.mean() / 255, rel=1e-4)
+    assert (pipelines.train_examples, pipelines.steps_per_epoch, pipelines.test_examples) == (200, 4, 50)
+    images, _ = first_batch(pipelines.train)
+    assert images.shape == (50, 28, 28, 1) and images.max() <= 1.0
+
+
+@pytest.mark.parametrize(
+    "arrays, message",
+    [
+        ({"x_train": np.zeros((4, 8, 8))}, "lacks y_train, x_test, y_test"),
+        (
+            {"x_train": np.full((4, 8, 8), 2.0), "y_train": np.zeros(4, int), "x_test": np.zeros((2, 8, 8)), "y_test": np.zeros(2, int)},
+            "floats must be in [0, 1]",
+        ),
+        (
+            {"x_train": np.zeros((4, 8, 8)), "y_train": np.zeros(3, int), "x_test": np.zeros((2, 8, 8)), "y_test": np.zeros(2, int)},
+            "4 images but y_train has 3 labels",
+        ),
+        (
+            {"x_train": np.zeros((4, 8, 8)), "y_train": np.zeros(4), "x_test": np.zeros((2, 8, 8)), "y_test": np.zeros(2, int)},
+            "integer class labels",
+        ),
+    ],
+)
+def test_bad_npz_files_are_explained(tmp_path, arrays, message):
+    path = tmp_path / "bad.npz"
+    np.savez(path, **arrays)
+    with pytest.raises(datasets.DatasetError, match=None) as raised:
+        datasets.prepare(f"npz:{path}")
+    assert message in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "name, message",
+    [("svhn", "unknown dataset 'svhn'"), ("npz:", "needs a file path"), ("npz:/no/such.npz", "does not exist")],
+)
+def test_unknown_or_missing_datasets_are_explained(name, message):
+    with pytest.raises(datasets.DatasetError) as raised:
+        datasets.prepare(name)
+    assert message in str(raised.value)
+
+
+def test_sizes_that_leave_no_training_data_are_rejected():
+    with pytest.raises(datasets.DatasetError, match="leaves no training data"):
+        datasets.get_pipelines("mnist_sample", 100, 8000)
+    with pytest.raises(datasets.DatasetError, match="larger than the 50 training examples"):
+        datasets.get_pipelines("mnist_sample", 100, 7950)
+    with pytest.raises(datasets.DatasetError, match="unknown augmentation"):
+        datasets.get_pipelines("mnist_sample", 100, 100, augmentation="mixup")
