@@ -6,6 +6,7 @@ baselines FREE-m, PGD-AT and FGSM-RS, as a Keras model with a custom train step
 """
 
 from deat_tf import attacks
+from deat_tf import learning_rates  # registers the recipes' schedules for loading .keras files
 from deat_tf import models
 from deat_tf.adversarial_model import METHODS, AdversarialModel, MinibatchSchedule
 from deat_tf.schedulers import AccuracyScheduler, IterationScheduler, MagnitudeScheduler, PeriodicScheduler

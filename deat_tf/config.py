@@ -49,12 +49,14 @@ class TrainConfig:
         model_width: Width override for small test models (None: the paper's).
 
     Adversarial training (see deat_tf.AdversarialModel):
-        method: deat, free, pgd, fgsm_rs or none.
+        method: deat, free, pgd, trades, mart, fgsm_rs or none.
         epsilon: L-infinity radius in [0, 1].
         step_size: Attack step alpha (None: the method's default).
         attack_steps: Initial r (deat, free) or K (pgd); None: method default,
             or the scheduler's start (deat 1, pgd 0).
-        initialization: uniform, normal, bernoulli or zero.
+        initialization: uniform, normal, bernoulli or zero (None: the method's
+            default, uniform; TRADES starts at 0.001 N(0, 1)).
+        beta: Weight of the KL term of trades and mart.
         carry_perturbation: Carry one perturbation across minibatches (FREE, ImageNet).
         step_size_rule: constant or max_epsilon_over_steps.
         scheduler: magnitude (M+), periodic (DEAT-d), accuracy (DEAT-p) or none.
@@ -114,7 +116,8 @@ class TrainConfig:
     epsilon: float = 0.3
     step_size: typing.Optional[float] = None
     attack_steps: typing.Optional[int] = None
-    initialization: str = "uniform"
+    initialization: typing.Optional[str] = None
+    beta: float = 6.0
     carry_perturbation: bool = False
     step_size_rule: str = "constant"
     scheduler: str = "magnitude"

@@ -271,12 +271,15 @@ def gradient_passes_per_minibatch(method, steps):
 
     Returns:
         r for deat/free (one pass per replay), K + 1 for pgd (attack steps and
-        the update), 2 for fgsm_rs, 1 for clean training.
+        the update), K + 2 for trades and mart (their update runs the network
+        on x and on x_adv), 2 for fgsm_rs, 1 for clean training.
     """
     if method in REPLAY_METHODS:
         return steps
     if method == "pgd":
         return steps + 1
+    if method in ("trades", "mart"):
+        return steps + 2
     if method == "fgsm_rs":
         return 2
     return 1
@@ -633,6 +636,7 @@ def _prepare(config, workdir):
                 step_size=config.step_size,
                 attack_steps=config.attack_steps,
                 initialization=config.initialization,
+                beta=config.beta,
                 carry_perturbation=config.carry_perturbation,
                 step_size_rule=config.step_size_rule,
                 l2_weight_decay=config.weight_decay,
@@ -680,7 +684,7 @@ def train_and_evaluate(config, workdir):
         ConfigError: For bad input, before anything is written.
     """
     workdir, strategy, pipelines, steps_per_epoch, model = _prepare(config, workdir)
-    count_name = "K" if config.method == "pgd" else "r"
+    count_name = "r" if config.method in REPLAY_METHODS else "K"
     run = {
         "dataset": config.dataset,
         "image_shape": list(pipelines.spec.image_shape),

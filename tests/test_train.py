@@ -255,7 +255,7 @@ def test_jit_compile_trains_the_mnist_cnn_on_cpu(tmp_path):
     [
         (("--dataset=svhn",), "unknown dataset 'svhn'"),
         (("--model=vgg16",), "--model must be one of"),
-        (("--method=trades",), "--method must be one of"),
+        (("--method=trades-ish",), "--method must be one of"),
         (("--epsilon=1.5",), "--epsilon must be in [0, 1]"),
         (("--epsilon=-8/255",), "--epsilon must be in [0, 1]"),
         (("--batch_size=33", "--strategy=mirrored"), "not divisible by the 2 replicas"),
@@ -400,7 +400,19 @@ def test_boundaries_outside_the_run_are_rejected():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("recipe", ["cifar10_pgd7", "cifar10_free8", "cifar10_mplus_pgd", "cifar10_fgsm_rs", "cifar100_deat", "imagenet_free4"])
+@pytest.mark.parametrize(
+    "recipe",
+    [
+        "cifar10_pgd7",
+        "cifar10_free8",
+        "cifar10_mplus_pgd",
+        "cifar10_mplus_trades",
+        "cifar10_mplus_mart",
+        "cifar10_fgsm_rs",
+        "cifar100_deat",
+        "imagenet_free4",
+    ],
+)
 def test_every_recipe_trains_a_tiny_epoch_on_mock_data(bin_train, tmp_path, recipe):
     manual = tmp_path / "manual"
     manual.mkdir()
