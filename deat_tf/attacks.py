@@ -824,24 +824,24 @@ def apgd_loop(
     )
 
 
-def strongest_over_runs(run, runs):
+def strongest_over_runs(run, runs, x):
     """Calls `run(i)` for i in [0, runs) and keeps, per example, the strongest result.
 
     Restarts and the targets of APGD-T are runs; `run` returns what `pgd_loop`
-    (keep_best=True) and `apgd_loop` return.
+    (keep_best=True) and `apgd_loop` return. The runs share one traced body.
 
     Args:
         run: Callable taking a scalar int32 tensor and returning (candidate
             images, per-example losses, per-example misclassified).
         runs: Number of runs >= 1 (a Python int or an int tensor).
+        x: The clean images (the shape and dtype of the candidates).
 
     Returns:
         A tuple (strongest images, their losses, misclassified by any run, and a
         bool tensor [runs, batch]: misclassified by run i).
     """
-    first_images, first_losses, first_misclassified = run(tf.constant(0))
-    history = tf.TensorArray(tf.bool, size=tf.cast(runs, tf.int32), element_shape=first_misclassified.shape)
-    history = history.write(0, first_misclassified)
+    batch = tf.shape(x)[0]
+    history = tf.TensorArray(tf.bool, size=tf.cast(runs, tf.int32), element_shape=[None])
 
     def body(index, best, best_losses, best_misclassified, history):
         candidate, losses, misclassified = run(index)
@@ -854,11 +854,9 @@ def strongest_over_runs(run, runs):
             history.write(index, misclassified),
         )
 
+    initial = [tf.constant(0), x, tf.fill([batch], tf.float32.min), tf.zeros([batch], tf.bool), history]
     _, best, best_losses, best_misclassified, history = tf.while_loop(
-        lambda index, *_: index < runs,
-        body,
-        [tf.constant(1), first_images, first_losses, first_misclassified, history],
-        parallel_iterations=1,
+        lambda index, *_: index < runs, body, initial, parallel_iterations=1
     )
     return best, best_losses, best_misclassified, history.stack()
 
@@ -881,7 +879,7 @@ def _apgd_graph(model, x, y, epsilon, steps, restarts, seed, loss, random_start,
         start = _restart_start(x, epsilon, seed, restart, random_start)
         return apgd_loop(logits_fn, x, y, start, epsilon, steps, loss, target_labels)
 
-    best, _, _, _ = strongest_over_runs(run, restarts)
+    best, _, _, _ = strongest_over_runs(run, restarts, x)
     return best
 
 
@@ -897,12 +895,27 @@ def _apgd_targeted_graph(model, x, y, epsilon, steps, restarts, seed, loss, targ
         start = _restart_start(x, epsilon, seed, index % restarts, True)
         return apgd_loop(logits_fn, x, y, start, epsilon, steps, loss, target_labels)
 
-    best, _, _, _ = strongest_over_runs(run, target_classes * restarts)
+    best, _, _, _ = strongest_over_runs(run, target_classes * restarts, x)
     return best
 
 
 _COMPILED_APGD = weakref.WeakKeyDictionary()
 _COMPILED_APGD_TARGETED = weakref.WeakKeyDictionary()
+
+
+def _compiled_without_autograph(cache, model, graph_function):
+    """Like `_compiled_for`, without autograph: APGD has no Python control flow
+    on tensors, and converting its loops costs seconds of tracing."""
+    try:
+        return cache[model]
+    except (KeyError, TypeError):
+        pass
+    compiled = tf.function(graph_function, reduce_retracing=True, autograph=False)
+    try:
+        cache[model] = compiled
+    except TypeError:
+        pass  # Objects without weak references are compiled per call.
+    return compiled
 
 
 def _check_apgd_arguments(x, epsilon, steps, restarts, loss):
@@ -964,7 +977,7 @@ def apgd(
     if tf.inside_function():
         result = _apgd_graph(model, *arguments)
     else:
-        result = _compiled_for(_COMPILED_APGD, model, _apgd_graph)(model, *arguments)
+        result = _compiled_without_autograph(_COMPILED_APGD, model, _apgd_graph)(model, *arguments)
     return tf.stop_gradient(result)
 
 
@@ -1018,6 +1031,6 @@ def apgd_targeted(
     if tf.inside_function():
         result = _apgd_targeted_graph(model, *arguments)
     else:
-        compiled = _compiled_for(_COMPILED_APGD_TARGETED, model, _apgd_targeted_graph)
+        compiled = _compiled_without_autograph(_COMPILED_APGD_TARGETED, model, _apgd_targeted_graph)
         result = compiled(model, *arguments)
     return tf.stop_gradient(result)
