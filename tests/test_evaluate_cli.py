@@ -59,7 +59,8 @@ def test_cli_evaluates_a_trained_model_and_writes_the_report(workdir):
         assert result["within_bounds"] and result["seconds"] > 0
     assert report["robust_over"] == names
     assert {check["name"] for check in report["checks"]} >= {
-        "robust_at_most_clean", "monotone_in_budget", "within_bounds", "zero_gradients", "stronger_than_fgsm",
+        "robust_at_most_clean", "monotone_in_budget", "reevaluation_agrees", "within_bounds", "zero_gradients",
+        "stronger_than_fgsm", "outputs_are_logits",
     }
     assert report["versions"]["deat_tf"] == deat_tf.__version__
     # The table goes to stdout, progress per attack to stderr.

@@ -95,7 +95,9 @@ def test_report_is_consistent(report, digits):
     assert len(results["pgd6x2"]["accuracy_by_run"]) == 2
     assert len(results["apgd-t3"]["accuracy_by_run"]) == 9
     assert all(result["seconds"] > 0 for result in results.values())
-    assert [check["passed"] for check in report["checks"]] == [True] * 6, report["checks"]
+    assert [check["passed"] for check in report["checks"]] == [True] * 7, report["checks"]
+    checks = {check["name"]: check for check in report["checks"]}
+    assert "(1 pairs compared)" in checks["monotone_in_budget"]["message"]  # pgd3 vs pgd6x2
     assert report["warnings"] == []
     json.dumps(report, allow_nan=False)
 
@@ -162,6 +164,18 @@ def test_saturated_softmax_is_flagged_as_zero_gradients(clean_mnist_network, dig
     assert checks["stronger_than_fgsm"]["passed"] is None
 
 
+def test_a_randomized_model_is_flagged(clean_mnist_network, digits):
+    def noisy(images):
+        logits = clean_mnist_network(images, training=False)
+        return logits + 5.0 * tf.random.normal(tf.shape(logits))
+
+    report = evaluation.evaluate(noisy, digits, "clean,pgd3x2", EPSILON, batch_size=150)
+    checks = {check["name"]: check for check in report["checks"]}
+    assert results_by_name(report)["pgd3x2"]["reevaluation_mismatches"] > 0
+    assert checks["reevaluation_agrees"]["passed"] is False
+    assert "randomized" in checks["reevaluation_agrees"]["message"]
+
+
 def synthetic_report(**changes):
     report = {
         "epsilon": 0.3,
@@ -193,10 +207,14 @@ def synthetic_report(**changes):
         ({"accuracies": {"apgd-t": 0.7}}, {"stronger_than_fgsm"}),
         ({"zero_gradient_fraction": {"ce": 0.2, "margin": 0.0}}, {"zero_gradients"}),
         ({"outputs_look_like_probabilities": True}, {"outputs_are_logits"}),
+        ({"mismatches": {"pgd20": 3}}, {"reevaluation_agrees"}),
     ],
 )
 def test_sanity_checks_flag_suspicious_results(changes, failing):
+    mismatches = changes.pop("mismatches", {})
     report = synthetic_report(**changes)
+    for result in report["attacks"]:
+        result["reevaluation_mismatches"] = mismatches.get(result["name"], 0)
     specs = evaluation.parse_attacks("clean,fgsm,pgd20,pgd100,apgd-t", 0.3, step_size=0.01)
     checks = evaluation.sanity_checks(report, specs)
     assert {check["name"] for check in checks if check["passed"] is False} == failing
@@ -217,7 +235,7 @@ def test_table_lists_every_attack_and_the_checks(report):
         assert f"\n{name} " in table
     assert "robust (all)" in table
     assert f"{100 * report['robust_accuracy']:.2f}%" in table
-    assert "sanity checks: 6 passed, 0 flagged" in table
+    assert "sanity checks: 7 passed, 0 flagged" in table
 
 
 def test_report_is_written_atomically(tmp_path, report):
@@ -363,3 +381,17 @@ def test_bad_settings_name_the_flag(tmp_path, flags, message):
     arguments.update(flags)
     with pytest.raises(evaluation.InputError, match=message):
         evaluation.resolve_settings(**arguments)
+
+
+def test_budget_check_allows_noise_only_across_step_sizes():
+    default_steps = evaluation.parse_attacks("clean,fgsm,pgd20,pgd100,apgd-t", 0.3)  # 2.5 eps / N
+    fixed_step = evaluation.parse_attacks("clean,fgsm,pgd20,pgd100,apgd-t", 0.3, step_size=0.01)
+
+    def flagged(specs, pgd100_accuracy):
+        report = synthetic_report(accuracies={"pgd20": 0.45, "pgd100": pgd100_accuracy})
+        checks = {check["name"]: check for check in evaluation.sanity_checks(report, specs)}
+        return checks["monotone_in_budget"]["passed"] is False
+
+    assert not flagged(default_steps, 0.453)
+    assert flagged(default_steps, 0.46)
+    assert flagged(fixed_step, 0.453)
