@@ -94,7 +94,7 @@ PRESETS = {
         "dataset": "mnist",
         "epsilon": 0.3,
         "n_examples": 10000,
-        "attacks": "clean,fgsm,pgd20,pgd50,cw50,apgd-ce,apgd-t",
+        "attacks": "clean,fgsm,pgd50,cw50,apgd-ce,apgd-t",
         "restarts": 10,
         "step_size": 0.01,
     },
