@@ -142,7 +142,8 @@ def test_targeted_dlr_pushes_towards_its_own_target(rng):
     rows = np.arange(len(x))
     gains = np.zeros((3, 3))  # gains[attacked towards i, gap of target j]
     for i in range(3):
-        logits = np.asarray(model(attacks.apgd(model, x, y, 0.1, 20, loss="dlr", target_labels=targets[:, i])))
+        x_adv = attacks.apgd(model, x, y, 0.1, 20, loss="dlr", target_labels=targets[:, i])
+        logits = np.asarray(model(x_adv))
         for j in range(3):
             gains[i, j] = np.mean(logits[rows, targets[:, j]] - logits[rows, y])
     for j in range(3):

@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import keras
-import numpy as np
 import pytest
 from keras import layers
 
@@ -26,7 +25,8 @@ def workdir(tmp_path_factory, mnist_sample):
     keras.utils.set_random_seed(0)
     model = deat_tf.AdversarialModel(models.mnist_cnn(), method="fgsm_rs", epsilon=0.3)
     model.compile(optimizer=keras.optimizers.Adam(1e-3))
-    model.fit(mnist_sample["x_train"][:4000], mnist_sample["y_train"][:4000], batch_size=100, epochs=1, verbose=0)
+    x, y = mnist_sample["x_train"][:4000], mnist_sample["y_train"][:4000]
+    model.fit(x, y, batch_size=100, epochs=1, verbose=0)
     model.save(str(directory / "model.keras"))
     model.network.save(str(directory / "network.keras"))
     inputs = keras.Input((28, 28, 1))
@@ -59,12 +59,13 @@ def test_cli_evaluates_a_trained_model_and_writes_the_report(workdir):
         assert result["within_bounds"] and result["seconds"] > 0
     assert report["robust_over"] == names
     assert {check["name"] for check in report["checks"]} >= {
-        "robust_at_most_clean", "monotone_in_budget", "reevaluation_agrees", "within_bounds", "zero_gradients",
-        "stronger_than_fgsm", "outputs_are_logits",
+        "robust_at_most_clean", "monotone_in_budget", "reevaluation_agrees", "within_bounds",
+        "zero_gradients", "stronger_than_fgsm", "outputs_are_logits",
     }
     assert report["versions"]["deat_tf"] == deat_tf.__version__
     # The table goes to stdout, progress per attack to stderr.
-    assert "robust (all)" in completed.stdout and f"{100 * report['robust_accuracy']:.2f}%" in completed.stdout
+    assert "robust (all)" in completed.stdout
+    assert f"{100 * report['robust_accuracy']:.2f}%" in completed.stdout
     for name in names:
         assert f"] {name}: accuracy" in completed.stderr
 
@@ -109,7 +110,7 @@ def test_cli_bad_input_is_one_line_and_a_failing_exit(workdir):
         (dict(epsilon=1.5), "--epsilon must be in [0, 1]"),
         (dict(attacks="pgd20,pgd"), "--attacks: 'pgd' needs a step count"),
         (dict(n_examples=0), "--n_examples must be an integer >= 1"),
-        (dict(outputs="probabilities"), "--outputs=probabilities but the model's outputs are not probabilities"),
+        (dict(outputs="probabilities"), "--outputs=probabilities but the model's outputs are not"),
         (dict(dataset="svhn_cropped_typo"), "--dataset: unknown dataset 'svhn_cropped_typo'"),
         (dict(output="no/such/dir/report.json"), "--output: directory"),
     ],

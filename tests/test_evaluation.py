@@ -42,7 +42,8 @@ def test_attack_names_resolve_to_specs():
     assert by_name["pgd20"] == evaluation.AttackSpec("pgd20", "pgd", "ce", 20, 2, 2.5 * 0.3 / 20)
     assert by_name["cw20"].loss == "cw"
     assert by_name["pgd50x10"].restarts == 10 and by_name["pgd50x10"].steps == 50
-    assert (by_name["apgd-ce"].steps, by_name["apgd-ce"].restarts, by_name["apgd-ce"].step_size) == (100, 1, None)
+    apgd_ce = by_name["apgd-ce"]
+    assert (apgd_ce.steps, apgd_ce.restarts, apgd_ce.step_size) == (100, 1, None)
     assert (by_name["apgd-dlr50"].loss, by_name["apgd-dlr50"].steps) == ("dlr", 50)
     assert by_name["apgd-t"].target_classes == 9
     assert by_name["apgd-t"].gradient_evaluations(num_classes=10) == 900
@@ -314,6 +315,10 @@ def test_load_classifier_unwraps_an_adversarial_model(tmp_path, clean_mnist_netw
         evaluation.load_classifier(str(tmp_path / "missing.keras"))
 
 
+def dense(classes):
+    return lambda images: layers.Dense(classes)(layers.Flatten()(images))
+
+
 def small_model(output_layer, input_shape=(28, 28, 1)):
     inputs = keras.Input(input_shape)
     return keras.Model(inputs, output_layer(inputs))
@@ -323,9 +328,9 @@ def small_model(output_layer, input_shape=(28, 28, 1)):
     "model_fn, message",
     [
         (lambda: small_model(layers.Identity()), "must output \\[batch, classes\\]"),
-        (lambda: small_model(lambda x: layers.Dense(1)(layers.Flatten()(x))), "must output \\[batch, classes\\]"),
-        (lambda: small_model(lambda x: layers.Dense(5)(layers.Flatten()(x))), "label 9 but --model has only 5"),
-        (lambda: small_model(lambda x: layers.Dense(10)(layers.Flatten()(x)), (8, 8, 3)), "does not accept"),
+        (lambda: small_model(dense(1)), "must output \\[batch, classes\\]"),
+        (lambda: small_model(dense(5)), "label 9 but --model has only 5"),
+        (lambda: small_model(dense(10), (8, 8, 3)), "does not accept"),
     ],
 )
 def test_models_that_are_not_classifiers_of_these_images_are_rejected(digits, model_fn, message):
