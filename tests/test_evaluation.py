@@ -1,0 +1,402 @@
+"""Evaluation API: attack names, data, models, the report, sanity checks, strategy invariance."""
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from keras import layers
+
+import deat_tf
+from deat_tf import attacks, evaluation, models
+
+EPSILON = 0.1
+ATTACKS = "clean,fgsm,pgd3,pgd6x2,cw3,apgd-ce4,apgd-t3"
+
+
+@pytest.fixture(scope="module")
+def digits(mnist_sample):
+    return evaluation.from_arrays(mnist_sample["x_test"][:150], mnist_sample["y_test"][:150], "digits")
+
+
+@pytest.fixture(scope="module")
+def report(clean_mnist_network, digits):
+    specs = evaluation.parse_attacks(ATTACKS, EPSILON)
+    return evaluation.evaluate(clean_mnist_network, digits, specs, EPSILON, batch_size=64)
+
+
+def results_by_name(report):
+    return {result["name"]: result for result in report["attacks"]}
+
+
+# ------------------------------------------------------------------- attack names
+
+
+def test_attack_names_resolve_to_specs():
+    specs = evaluation.parse_attacks("fgsm,pgd20,cw20,pgd50x10,apgd-ce,apgd-dlr50,apgd-t", 0.3, restarts=2)
+    by_name = {spec.name: spec for spec in specs}
+    assert [spec.name for spec in specs][0] == "clean"  # always measured, first
+    assert by_name["fgsm"].step_size == 0.3
+    assert by_name["pgd20"] == evaluation.AttackSpec("pgd20", "pgd", "ce", 20, 2, 2.5 * 0.3 / 20)
+    assert by_name["cw20"].loss == "cw"
+    assert by_name["pgd50x10"].restarts == 10 and by_name["pgd50x10"].steps == 50
+    apgd_ce = by_name["apgd-ce"]
+    assert (apgd_ce.steps, apgd_ce.restarts, apgd_ce.step_size) == (100, 1, None)
+    assert (by_name["apgd-dlr50"].loss, by_name["apgd-dlr50"].steps) == ("dlr", 50)
+    assert by_name["apgd-t"].target_classes == 9
+    assert by_name["apgd-t"].gradient_evaluations(num_classes=10) == 900
+    assert by_name["apgd-t"].gradient_evaluations(num_classes=5) == 400
+    assert by_name["pgd50x10"].gradient_evaluations(num_classes=10) == 500
+    explicit = evaluation.parse_attacks("pgd20", 0.3, step_size=0.01)
+    assert explicit[1].step_size == 0.01
+
+
+@pytest.mark.parametrize(
+    "names, message",
+    [
+        ("pgd20,foo", "unknown attack 'foo'; allowed: clean, fgsm, pgdN"),
+        ("pgd", "'pgd' needs a step count"),
+        ("fgsm3", "'fgsm' takes no step count"),
+        ("pgd20,pgd20", "lists 'pgd20' twice"),
+        ("pgd0", "must be >= 1"),
+        (" , ", "--attacks is empty"),
+    ],
+)
+def test_bad_attack_names_are_rejected(names, message):
+    with pytest.raises(evaluation.InputError, match=message):
+        evaluation.parse_attacks(names, 0.3)
+
+
+# ------------------------------------------------------------------------- report
+
+
+def test_report_is_consistent(report, digits):
+    results = results_by_name(report)
+    examples = digits.size
+    assert report["examples"] == examples
+    assert list(results) == ATTACKS.split(",")
+    for result in results.values():
+        assert result["examples"] == examples
+        assert result["correct"] == round(result["accuracy"] * examples)
+        assert result["within_bounds"]
+        assert report["robust_accuracy"] <= result["accuracy"]
+        by_run = result["accuracy_by_run"]
+        assert all(later <= earlier for earlier, later in zip(by_run, by_run[1:]))
+    assert results["clean"]["max_perturbation"] == 0.0
+    for name in ("fgsm", "pgd3", "apgd-t3"):
+        assert EPSILON - 1e-3 < results[name]["max_perturbation"] <= EPSILON + 1e-6
+    assert report["robust_correct"] == round(report["robust_accuracy"] * examples)
+    assert results["clean"]["accuracy"] > 0.85 > results["pgd6x2"]["accuracy"]
+    # Gradient evaluations: steps x restarts (x 9 targets for apgd-t) per example.
+    expected = {"clean": 0, "fgsm": 1, "pgd3": 3, "pgd6x2": 12, "cw3": 3, "apgd-ce4": 4, "apgd-t3": 27}
+    assert {name: result["gradient_evaluations_per_example"] for name, result in results.items()} == expected
+    assert report["total_gradient_evaluations"] == sum(expected.values()) * examples
+    assert len(results["pgd6x2"]["accuracy_by_run"]) == 2
+    assert len(results["apgd-t3"]["accuracy_by_run"]) == 9
+    assert all(result["seconds"] > 0 for result in results.values())
+    assert [check["passed"] for check in report["checks"]] == [True] * 7, report["checks"]
+    checks = {check["name"]: check for check in report["checks"]}
+    assert "(1 pairs compared)" in checks["monotone_in_budget"]["message"]  # pgd3 vs pgd6x2
+    assert report["warnings"] == []
+    json.dumps(report, allow_nan=False)
+
+
+def test_robust_accuracy_is_correct_under_every_attack(clean_mnist_network, digits, mnist_sample):
+    x, y = mnist_sample["x_test"][:150], mnist_sample["y_test"][:150]
+    report = evaluation.evaluate(clean_mnist_network, digits, "clean,fgsm", EPSILON, batch_size=64)
+
+    def correct(images):
+        return np.argmax(clean_mnist_network(images, training=False), axis=-1) == y
+
+    clean = correct(x)
+    fgsm = correct(attacks.fgsm(clean_mnist_network, x, y, EPSILON))
+    results = results_by_name(report)
+    assert results["clean"]["correct"] == clean.sum()
+    assert results["fgsm"]["correct"] == fgsm.sum()
+    assert report["robust_correct"] == np.sum(clean & fgsm)
+
+
+def test_mirrored_strategy_gives_the_single_device_results(clean_mnist_network, digits, report):
+    strategy = tf.distribute.MirroredStrategy(["CPU:0", "CPU:1"])
+    # 150 examples in batches of 149: the last global batch has one example, so
+    # one replica gets an empty batch; random starts are seeded per example.
+    distributed = evaluation.evaluate(
+        clean_mnist_network, digits, "clean,pgd6x2,apgd-t3", EPSILON,
+        batch_size=149, strategy=strategy,
+    )
+    assert distributed["replicas"] == 2
+    single = results_by_name(report)
+    for name, result in results_by_name(distributed).items():
+        for key in ("correct", "accuracy_by_run", "max_perturbation"):
+            assert result[key] == single[name][key], (name, key)
+
+
+def test_probability_outputs(clean_mnist_network, digits):
+    softmax_model = keras.Sequential([clean_mnist_network, layers.Softmax()])
+    as_logits = evaluation.evaluate(softmax_model, digits, "clean,fgsm", EPSILON, batch_size=150)
+    flagged = {check["name"]: check for check in as_logits["checks"]}
+    assert flagged["outputs_are_logits"]["passed"] is False
+    assert any("--outputs=probabilities" in warning for warning in as_logits["warnings"])
+    # log(softmax(z)) = z - logsumexp(z): cross-entropy and its gradient are those of the logits.
+    as_probabilities = evaluation.evaluate(
+        softmax_model, digits, "clean,fgsm", EPSILON, batch_size=150, outputs="probabilities"
+    )
+    reference = evaluation.evaluate(clean_mnist_network, digits, "clean,fgsm", EPSILON, batch_size=150)
+    assert "outputs_are_logits" not in {check["name"] for check in as_probabilities["checks"]}
+    for name in ("clean", "fgsm"):
+        assert abs(
+            results_by_name(as_probabilities)[name]["correct"] - results_by_name(reference)[name]["correct"]
+        ) <= 1
+
+
+def test_saturated_softmax_is_flagged_as_zero_gradients(clean_mnist_network, digits):
+    def saturated(images):
+        # Margins in the thousands: softmax is exactly one-hot in float32.
+        return 1e4 * clean_mnist_network(images, training=False)
+
+    report = evaluation.evaluate(saturated, digits, "clean", EPSILON, batch_size=150)
+    checks = {check["name"]: check for check in report["checks"]}
+    assert report["zero_gradient_fraction"]["ce"] > 0.5
+    assert report["zero_gradient_fraction"]["margin"] == 0.0
+    assert checks["zero_gradients"]["passed"] is False
+    assert "gradient masking" in checks["zero_gradients"]["message"]
+    assert checks["stronger_than_fgsm"]["passed"] is None
+
+
+def test_a_randomized_model_is_flagged(clean_mnist_network, digits):
+    def noisy(images):
+        logits = clean_mnist_network(images, training=False)
+        return logits + 5.0 * tf.random.normal(tf.shape(logits))
+
+    report = evaluation.evaluate(noisy, digits, "clean,pgd3x2", EPSILON, batch_size=150)
+    checks = {check["name"]: check for check in report["checks"]}
+    assert results_by_name(report)["pgd3x2"]["reevaluation_mismatches"] > 0
+    assert checks["reevaluation_agrees"]["passed"] is False
+    assert "randomized" in checks["reevaluation_agrees"]["message"]
+
+
+def synthetic_report(**changes):
+    report = {
+        "epsilon": 0.3,
+        "outputs": "logits",
+        "clean_accuracy": 0.9,
+        "robust_accuracy": 0.4,
+        "zero_gradient_fraction": {"ce": 0.0, "margin": 0.0},
+        "outputs_look_like_probabilities": False,
+        "attacks": [
+            {"name": "clean", "method": "clean", "accuracy": 0.9, "within_bounds": True},
+            {"name": "fgsm", "method": "fgsm", "accuracy": 0.6, "within_bounds": True},
+            {"name": "pgd20", "method": "pgd", "accuracy": 0.5, "within_bounds": True},
+            {"name": "pgd100", "method": "pgd", "accuracy": 0.45, "within_bounds": True},
+            {"name": "apgd-t", "method": "apgd-t", "accuracy": 0.4, "within_bounds": True},
+        ],
+    }
+    for name, accuracy in changes.pop("accuracies", {}).items():
+        next(result for result in report["attacks"] if result["name"] == name)["accuracy"] = accuracy
+    report.update(changes)
+    return report
+
+
+@pytest.mark.parametrize(
+    "changes, failing",
+    [
+        ({}, set()),
+        ({"accuracies": {"fgsm": 0.95}}, {"robust_at_most_clean"}),
+        ({"accuracies": {"pgd100": 0.55}}, {"monotone_in_budget"}),
+        ({"accuracies": {"apgd-t": 0.7}}, {"stronger_than_fgsm"}),
+        ({"zero_gradient_fraction": {"ce": 0.2, "margin": 0.0}}, {"zero_gradients"}),
+        ({"outputs_look_like_probabilities": True}, {"outputs_are_logits"}),
+        ({"mismatches": {"pgd20": 3}}, {"reevaluation_agrees"}),
+    ],
+)
+def test_sanity_checks_flag_suspicious_results(changes, failing):
+    mismatches = changes.pop("mismatches", {})
+    report = synthetic_report(**changes)
+    for result in report["attacks"]:
+        result["reevaluation_mismatches"] = mismatches.get(result["name"], 0)
+    specs = evaluation.parse_attacks("clean,fgsm,pgd20,pgd100,apgd-t", 0.3, step_size=0.01)
+    checks = evaluation.sanity_checks(report, specs)
+    assert {check["name"] for check in checks if check["passed"] is False} == failing
+
+
+def test_out_of_bounds_images_are_flagged():
+    report = synthetic_report()
+    report["attacks"][2]["within_bounds"] = False
+    specs = evaluation.parse_attacks("clean,fgsm,pgd20,pgd100,apgd-t", 0.3, step_size=0.01)
+    checks = {check["name"]: check for check in evaluation.sanity_checks(report, specs)}
+    assert checks["within_bounds"]["passed"] is False
+    assert "pgd20" in checks["within_bounds"]["message"]
+
+
+def test_table_lists_every_attack_and_the_checks(report):
+    table = evaluation.format_table(report)
+    for name in ATTACKS.split(","):
+        assert f"\n{name} " in table
+    assert "robust (all)" in table
+    assert f"{100 * report['robust_accuracy']:.2f}%" in table
+    assert "sanity checks: 7 passed, 0 flagged" in table
+
+
+def test_report_is_written_atomically(tmp_path, report):
+    path = tmp_path / "report.json"
+    evaluation.write_report(report, str(path))
+    assert json.loads(path.read_text())["robust_accuracy"] == report["robust_accuracy"]
+    with pytest.raises(TypeError):
+        evaluation.write_report({"not json": object()}, str(path))
+    # The failed write left the previous report whole and no temporary file.
+    assert json.loads(path.read_text())["robust_accuracy"] == report["robust_accuracy"]
+    assert sorted(os.listdir(tmp_path)) == ["report.json"]
+
+
+# --------------------------------------------------------------------- data, model
+
+
+def test_load_data_sources(tmp_path):
+    sample = evaluation.load_data("mnist_sample", n_examples=10)
+    images, labels = next(iter(sample.dataset.batch(100)))
+    assert sample.size == 10 and images.shape == (10, 28, 28, 1) and labels.dtype == tf.int64
+    assert 0.0 <= float(tf.reduce_min(images)) and float(tf.reduce_max(images)) <= 1.0
+
+    path = tmp_path / "digits.npz"
+    np.savez(path, x_test=np.full((5, 8, 8), 255, np.uint8), y_test=np.arange(5))
+    local = evaluation.load_data(f"npz:{path}")
+    images, labels = next(iter(local.dataset.batch(100)))
+    assert local.size == 5 and images.shape == (5, 8, 8, 1) and float(tf.reduce_max(images)) == 1.0
+
+    np.savez(tmp_path / "no_test.npz", x_train=np.zeros((2, 4, 4)))
+    with pytest.raises(evaluation.InputError, match="has no x_test or y_test"):
+        evaluation.load_data(f"npz:{tmp_path / 'no_test.npz'}")
+    np.savez(tmp_path / "scaled.npz", x_test=np.full((2, 4, 4), 3.0), y_test=np.zeros(2, np.int64))
+    with pytest.raises(evaluation.InputError, match="scaled to \\[0, 1\\]"):
+        evaluation.load_data(f"npz:{tmp_path / 'scaled.npz'}")
+    with pytest.raises(evaluation.InputError, match="no such file"):
+        evaluation.load_data(f"npz:{tmp_path / 'missing.npz'}")
+    with pytest.raises(evaluation.InputError, match="unknown dataset 'not_a_dataset'"):
+        evaluation.load_data("not_a_dataset")
+    with pytest.raises(evaluation.InputError, match="--n_examples must be an integer >= 1"):
+        evaluation.load_data("mnist_sample", n_examples=0)
+
+
+def test_tfds_datasets_with_mock_data():
+    import tensorflow_datasets as tfds
+
+    with tfds.testing.mock_data(num_examples=4):
+        cifar = evaluation.load_data("cifar10", n_examples=3)
+        images, _ = next(iter(cifar.dataset.batch(10)))
+        assert images.shape == (3, 32, 32, 3) and images.dtype == tf.float32
+        imagenet = evaluation.load_data("imagenet2012", n_examples=2)
+        images, labels = next(iter(imagenet.dataset.batch(10)))
+        assert images.shape == (2, 224, 224, 3)
+        assert 0.0 <= float(tf.reduce_min(images)) and float(tf.reduce_max(images)) <= 1.0
+
+
+def test_load_classifier_unwraps_an_adversarial_model(tmp_path, clean_mnist_network, mnist_sample):
+    network_path = str(tmp_path / "network.keras")
+    clean_mnist_network.save(network_path)
+    x = mnist_sample["x_test"][:4]
+    loaded = evaluation.load_classifier(network_path)
+    np.testing.assert_allclose(loaded(x), clean_mnist_network(x), atol=1e-5)
+
+    keras.utils.set_random_seed(1)
+    wrapped = deat_tf.AdversarialModel(models.mnist_cnn(), method="fgsm_rs", epsilon=0.3)
+    wrapped.compile(optimizer="adam")
+    model_path = str(tmp_path / "model.keras")
+    wrapped.save(model_path)
+    network = evaluation.load_classifier(model_path)
+    assert not isinstance(network, deat_tf.AdversarialModel)
+    np.testing.assert_allclose(network(x), wrapped.network(x), atol=1e-5)
+
+    (tmp_path / "broken.keras").write_text("not a zip file")
+    with pytest.raises(evaluation.InputError, match="cannot load .* as a Keras model"):
+        evaluation.load_classifier(str(tmp_path / "broken.keras"))
+    with pytest.raises(evaluation.InputError, match="no such file"):
+        evaluation.load_classifier(str(tmp_path / "missing.keras"))
+
+
+def dense(classes):
+    return lambda images: layers.Dense(classes)(layers.Flatten()(images))
+
+
+def small_model(output_layer, input_shape=(28, 28, 1)):
+    inputs = keras.Input(input_shape)
+    return keras.Model(inputs, output_layer(inputs))
+
+
+@pytest.mark.parametrize(
+    "model_fn, message",
+    [
+        (lambda: small_model(layers.Identity()), "must output \\[batch, classes\\]"),
+        (lambda: small_model(dense(1)), "must output \\[batch, classes\\]"),
+        (lambda: small_model(dense(5)), "label 9 but --model has only 5"),
+        (lambda: small_model(dense(10), (8, 8, 3)), "does not accept"),
+    ],
+)
+def test_models_that_are_not_classifiers_of_these_images_are_rejected(digits, model_fn, message):
+    with pytest.raises(evaluation.InputError, match=message):
+        evaluation.check_model_outputs(model_fn(), digits)
+
+
+def test_probabilities_flag_needs_probabilities(clean_mnist_network, digits):
+    with pytest.raises(evaluation.InputError, match="--outputs=probabilities but"):
+        evaluation.check_model_outputs(clean_mnist_network, digits, "probabilities")
+
+
+# ------------------------------------------------------------------------ settings
+
+
+def test_presets_fill_defaults_and_flags_override(tmp_path):
+    model = tmp_path / "model.keras"
+    model.write_text("")
+    mnist = evaluation.resolve_settings(model=str(model), preset="mnist", dataset="mnist_sample")
+    pgd = next(spec for spec in mnist["attack_specs"] if spec.name == "pgd50")
+    assert (mnist["epsilon"], mnist["n_examples"], mnist["dataset"]) == (0.3, 10000, "mnist_sample")
+    assert (pgd.steps, pgd.restarts, pgd.step_size) == (50, 10, 0.01)
+    cifar = evaluation.resolve_settings(model=str(model), preset="cifar10", epsilon=4 / 255, restarts=3)
+    assert cifar["dataset"] == "cifar10" and cifar["epsilon"] == 4 / 255
+    assert next(spec for spec in cifar["attack_specs"] if spec.name == "pgd100").restarts == 3
+    imagenet = evaluation.resolve_settings(model=str(model), preset="imagenet")
+    assert (imagenet["epsilon"], imagenet["n_examples"], imagenet["center_crop"]) == (4 / 255, 5000, True)
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (dict(epsilon=1.5), "--epsilon must be in \\[0, 1\\]"),
+        (dict(epsilon=-0.1), "--epsilon must be in \\[0, 1\\]"),
+        (dict(epsilon=None), "--epsilon is required"),
+        (dict(dataset=None), "--dataset is required"),
+        (dict(n_examples=0), "--n_examples must be an integer >= 1"),
+        (dict(batch_size=0), "--batch_size must be an integer >= 1"),
+        (dict(attacks="pgd20,bim10"), "--attacks: unknown attack 'bim10'; allowed"),
+        (dict(restarts=0), "--restarts must be an integer >= 1"),
+        (dict(step_size=0.0), "--step_size must be > 0"),
+        (dict(outputs="softmax"), "--outputs must be one of logits, probabilities"),
+        (dict(preset="svhn"), "--preset must be one of mnist, cifar10, imagenet"),
+        (dict(model="missing.keras"), "--model: no such file"),
+        (dict(output="/no/such/directory/report.json"), "--output: directory"),
+        (dict(dataset="npz:/no/such.npz"), "no such file"),
+    ],
+)
+def test_bad_settings_name_the_flag(tmp_path, flags, message):
+    model = tmp_path / "model.keras"
+    model.write_text("")
+    arguments = dict(model=str(model), dataset="mnist_sample", epsilon=0.3)
+    arguments.update(flags)
+    with pytest.raises(evaluation.InputError, match=message):
+        evaluation.resolve_settings(**arguments)
+
+
+def test_budget_check_allows_noise_only_across_step_sizes():
+    default_steps = evaluation.parse_attacks("clean,fgsm,pgd20,pgd100,apgd-t", 0.3)  # 2.5 eps / N
+    fixed_step = evaluation.parse_attacks("clean,fgsm,pgd20,pgd100,apgd-t", 0.3, step_size=0.01)
+
+    def flagged(specs, pgd100_accuracy):
+        report = synthetic_report(accuracies={"pgd20": 0.45, "pgd100": pgd100_accuracy})
+        checks = {check["name"]: check for check in evaluation.sanity_checks(report, specs)}
+        return checks["monotone_in_budget"]["passed"] is False
+
+    assert not flagged(default_steps, 0.453)
+    assert flagged(default_steps, 0.46)
+    assert flagged(fixed_step, 0.453)
