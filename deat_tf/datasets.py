@@ -160,13 +160,10 @@ def load_mnist_sample(path=MNIST_SAMPLE_PATH):
         A dict with x_train [8000, 28, 28, 1] float32, y_train [8000] int64,
         x_test [2000, 28, 28, 1] float32 and y_test [2000] int64.
     """
-    with np.load(path) as arrays:
-        return {
-            "x_train": arrays["x_train"][..., None].astype(np.float32) / 255.0,
-            "y_train": arrays["y_train"].astype(np.int64),
-            "x_test": arrays["x_test"][..., None].astype(np.float32) / 255.0,
-            "y_test": arrays["y_test"].astype(np.int64),
-        }
+    arrays = _mnist_sample_arrays(path)
+    for key in ("x_train", "x_test"):
+        arrays[key] = arrays[key].astype(np.float32) / 255.0
+    return arrays
 
 
 # ------------------------------------------------------------------ resolving
@@ -296,57 +293,77 @@ def _is_prepared(builder):
     return builder.is_prepared()
 
 
-def _load_npz(path):
-    """Reads and checks a users' .npz file; returns (arrays, spec)."""
+def check_image_arrays(images, labels, name):
+    """Checks in-memory images and labels; returns them in the pipelines' types.
+
+    Args:
+        images: Array [N, H, W] or [N, H, W, C], uint8 (0-255) or floats in [0, 1].
+        labels: Integer array with N labels >= 0.
+        name: What the arrays are, for the error messages (e.g. "npz x_test").
+
+    Returns:
+        (images [N, H, W, C] as uint8 or float32, labels [N] as int64).
+
+    Raises:
+        DatasetError: For shapes, dtypes or ranges that are not images and labels.
+    """
+    images = np.asarray(images)
+    labels = np.asarray(labels).reshape(-1)
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.ndim != 4:
+        raise DatasetError(f"{name} images must have shape [N, H, W] or [N, H, W, C], got {images.shape}.")
+    if images.dtype != np.uint8:
+        if not np.issubdtype(images.dtype, np.floating):
+            raise DatasetError(f"{name} images must be uint8 (0-255) or floats in [0, 1], got {images.dtype}.")
+        if images.size and (images.min() < 0.0 or images.max() > 1.0):
+            raise DatasetError(
+                f"{name} float images must be scaled to [0, 1], got values in "
+                f"[{images.min():.4g}, {images.max():.4g}]; store uint8 images or divide by 255."
+            )
+        images = images.astype(np.float32)
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise DatasetError(f"{name} labels must be integer classes, got {labels.dtype}.")
+    if labels.shape[0] != images.shape[0]:
+        raise DatasetError(f"{name} has {images.shape[0]} images but {labels.shape[0]} labels.")
+    if not images.shape[0]:
+        raise DatasetError(f"{name} has no examples.")
+    if labels.min() < 0:
+        raise DatasetError(f"{name} labels must be >= 0, got {labels.min()}.")
+    return images, labels.astype(np.int64)
+
+
+def _read_npz(path, keys):
+    """Reads `keys` from a .npz file, with one-line errors for missing files and keys."""
     if not os.path.isfile(path):
         raise DatasetError(f"npz file {path} does not exist; pass --dataset=npz:PATH to an existing file.")
     try:
         with np.load(path) as stored:
-            missing = [key for key in ARRAY_KEYS if key not in stored.files]
+            missing = [key for key in keys if key not in stored.files]
             if missing:
                 raise DatasetError(
-                    f"npz file {path} lacks {', '.join(missing)}; it needs arrays "
-                    f"{', '.join(ARRAY_KEYS)} (images [N, H, W(, C)], integer labels [N])."
+                    f"npz file {path} has no {', '.join(missing)}; it needs arrays "
+                    f"{', '.join(keys)} (images [N, H, W(, C)], integer labels [N])."
                 )
-            arrays = {key: stored[key] for key in ARRAY_KEYS}
+            return {key: stored[key] for key in keys}
     except (OSError, ValueError) as error:
         if isinstance(error, DatasetError):
             raise
         raise DatasetError(f"cannot read {path} as a .npz file ({error}).") from error
+
+
+def _load_npz(path):
+    """Reads and checks a users' .npz file; returns (arrays, spec)."""
+    arrays = _read_npz(path, ARRAY_KEYS)
     for part in ("train", "test"):
-        images, labels = arrays[f"x_{part}"], arrays[f"y_{part}"]
-        if images.ndim == 3:
-            images = images[..., None]
-        if images.ndim != 4:
-            raise DatasetError(
-                f"npz x_{part} must have shape [N, H, W] or [N, H, W, C], got {images.shape}."
-            )
-        if images.dtype != np.uint8:
-            if not np.issubdtype(images.dtype, np.floating):
-                raise DatasetError(f"npz x_{part} must be uint8 (0-255) or floats in [0, 1], got {images.dtype}.")
-            if images.size and (images.min() < 0.0 or images.max() > 1.0):
-                raise DatasetError(
-                    f"npz x_{part} floats must be in [0, 1], got [{images.min():.4g}, {images.max():.4g}]; "
-                    "store uint8 images or divide by 255."
-                )
-            images = images.astype(np.float32)
-        labels = labels.reshape(-1)
-        if not np.issubdtype(labels.dtype, np.integer):
-            raise DatasetError(f"npz y_{part} must hold integer class labels, got {labels.dtype}.")
-        if labels.shape[0] != images.shape[0]:
-            raise DatasetError(
-                f"npz x_{part} has {images.shape[0]} images but y_{part} has {labels.shape[0]} labels."
-            )
-        if labels.size and labels.min() < 0:
-            raise DatasetError(f"npz y_{part} labels must be >= 0, got {labels.min()}.")
-        arrays[f"x_{part}"], arrays[f"y_{part}"] = images, labels.astype(np.int64)
+        arrays[f"x_{part}"], arrays[f"y_{part}"] = check_image_arrays(
+            arrays[f"x_{part}"], arrays[f"y_{part}"], f"npz x_{part}/y_{part}"
+        )
     if arrays["x_train"].shape[1:] != arrays["x_test"].shape[1:]:
         raise DatasetError(
             f"npz x_train and x_test images differ in shape: {arrays['x_train'].shape[1:]} vs "
             f"{arrays['x_test'].shape[1:]}."
         )
-    if not arrays["x_train"].shape[0]:
-        raise DatasetError(f"npz x_train in {path} is empty.")
     scale = 255.0 if arrays["x_train"].dtype == np.uint8 else 1.0
     pixels = arrays["x_train"].reshape(-1, arrays["x_train"].shape[-1]).astype(np.float64) / scale
     std = np.maximum(pixels.std(axis=0), 1e-3)
@@ -362,8 +379,8 @@ def _load_npz(path):
     return arrays, spec
 
 
-def _mnist_sample_arrays():
-    with np.load(MNIST_SAMPLE_PATH) as stored:
+def _mnist_sample_arrays(path=MNIST_SAMPLE_PATH):
+    with np.load(path) as stored:
         return {
             "x_train": stored["x_train"][..., None],
             "y_train": stored["y_train"].astype(np.int64),
@@ -666,3 +683,62 @@ def _tfds_sources(builder, name, spec, validation_size, train_evaluation_example
     test = load(spec.test_split, shuffle_files=False)
     subset = load(f"train[:{max(train_evaluation_examples, 1)}]", shuffle_files=False)
     return train, validation, test, subset
+
+
+def evaluation_split(name, n_examples=None, *, data_dir=None, manual_dir=None, download=True, image_size=None):
+    """The test split of a dataset as unbatched examples, for robust evaluation.
+
+    The split and preprocessing are those of `get_pipelines`' test pipeline:
+    TFDS "test" ("validation" for ImageNet, resized to image_size * 256/224 and
+    centre-cropped to image_size), the sample's 2,000 test digits, or an npz
+    file's x_test / y_test (the only keys needed here).
+
+    Args:
+        name: A dataset name (see `parse_name`).
+        n_examples: Keep the first n examples (None: all).
+        data_dir: TFDS data directory.
+        manual_dir: TFDS manual directory (ImageNet tars).
+        download: Whether a missing TFDS dataset may be downloaded.
+        image_size: Crop size for variable-size images (ImageNet, default 224).
+
+    Returns:
+        (dataset of (float32 image in [0, 1], int64 label) in a fixed order,
+        number of examples or None when TFDS does not know it, number of classes).
+
+    Raises:
+        DatasetError: For unusable names or files.
+    """
+    kind, path = parse_name(name)
+    if kind == "npz":
+        arrays = _read_npz(path, ("x_test", "y_test"))
+        images, labels = check_image_arrays(arrays["x_test"], arrays["y_test"], "npz x_test/y_test")
+        source = tf.data.Dataset.from_tensor_slices((images, labels))
+        size, num_classes = images.shape[0], int(labels.max()) + 1
+        augmentation, crop = "none", None
+    else:
+        spec = prepare(name, data_dir=data_dir, manual_dir=manual_dir, download=download)
+        augmentation, crop, num_classes = spec.augmentation, image_size or spec.image_size, spec.num_classes
+        if kind == "mnist_sample":
+            arrays = _mnist_sample_arrays()
+            source = tf.data.Dataset.from_tensor_slices((arrays["x_test"], arrays["y_test"]))
+            size = arrays["x_test"].shape[0]
+        else:
+            import tensorflow_datasets as tfds
+
+            builder = _tfds_builder(name, data_dir)
+            decoders = {"image": tfds.decode.SkipDecoding()} if name == "imagenet2012" else None
+            source = builder.as_dataset(
+                split=spec.test_split, shuffle_files=False, decoders=decoders, as_supervised=True
+            )
+            splits = builder.info.splits
+            size = splits[spec.test_split].num_examples if spec.test_split in splits else None
+    if n_examples is not None:
+        source = source.take(n_examples)
+        size = n_examples if size is None else min(size, n_examples)
+    preprocess = _evaluation_preprocess(augmentation, crop)
+    dataset = source.map(
+        lambda image, label: (preprocess(image), tf.cast(label, tf.int64)),
+        num_parallel_calls=_AUTOTUNE,
+        deterministic=True,
+    )
+    return dataset, size, num_classes

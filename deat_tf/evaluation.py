@@ -62,7 +62,6 @@ import json
 import os
 import re
 import sys
-import tempfile
 import time
 
 import keras
@@ -70,9 +69,10 @@ import numpy as np
 import tensorflow as tf
 
 from deat_tf import attacks as attack_lib
+from deat_tf import datasets
+from deat_tf import runtime
 
 OUTPUTS = ("logits", "probabilities")
-STRATEGIES = ("auto", "mirrored", "one_device")
 ATTACK_NAMES_HELP = (
     "clean, fgsm, pgdN, cwN (N steps, e.g. pgd20; pgd50x10 for 10 restarts), "
     "apgd-ce, apgd-dlr, apgd-t (optionally with steps and restarts, e.g. apgd-ce50, apgd-t100x2)"
@@ -115,11 +115,6 @@ PRESETS = {
         "step_size": 1 / 255,
     },
 }
-
-_IMAGENET_RESIZE = 256
-_IMAGENET_CROP = 224
-_TFDS_EVALUATION_SPLITS = {"imagenet2012": "validation"}
-
 
 class InputError(ValueError):
     """A bad flag or argument, reported as one line before any work is done."""
@@ -288,51 +283,28 @@ def from_arrays(images, labels, name="arrays"):
     Raises:
         InputError: For shapes, dtypes or ranges that are not images and labels.
     """
-    images = np.asarray(images)
-    labels = np.asarray(labels).reshape(-1)
-    if images.ndim == 3:
-        images = images[..., None]
-    if images.ndim != 4:
-        raise InputError(
-            f"{name}: images must be [n, height, width, channels], got shape {images.shape}."
-        )
+    try:
+        images, labels = datasets.check_image_arrays(images, labels, name)
+    except datasets.DatasetError as error:
+        raise InputError(str(error)) from None
     if images.dtype == np.uint8:
         images = images.astype(np.float32) / 255.0
-    elif np.issubdtype(images.dtype, np.floating):
-        images = images.astype(np.float32)
-        if images.size and (images.min() < 0.0 or images.max() > 1.0):
-            raise InputError(
-                f"{name}: float images must be scaled to [0, 1], got values in "
-                f"[{images.min():.4g}, {images.max():.4g}]."
-            )
-    else:
-        raise InputError(f"{name}: images must be uint8 or floats in [0, 1], got {images.dtype}.")
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise InputError(f"{name}: labels must be integers, got {labels.dtype}.")
-    if labels.shape[0] != images.shape[0]:
-        raise InputError(
-            f"{name}: {images.shape[0]} images but {labels.shape[0]} labels."
-        )
-    if images.shape[0] == 0:
-        raise InputError(f"{name}: no examples.")
-    if labels.min() < 0:
-        raise InputError(f"{name}: labels must be >= 0, got {labels.min()}.")
-    dataset = tf.data.Dataset.from_tensor_slices((images, labels.astype(np.int64)))
+    dataset = tf.data.Dataset.from_tensor_slices((images, labels))
     return EvaluationData(name, dataset, int(images.shape[0]), int(labels.max()) + 1)
 
 
-def load_data(name, n_examples=None, data_dir=None, center_crop=None):
+def load_data(name, n_examples=None, data_dir=None, manual_dir=None):
     """Loads the evaluation split of a dataset as `EvaluationData`.
 
     Args:
         name: "mnist_sample" (the embedded 2,000 test digits), "npz:PATH" (keys
-            x_test and y_test), or a TFDS name such as mnist, cifar10, cifar100
-            or imagenet2012 (split "validation" for imagenet2012, else "test").
+            x_test and y_test), or a TFDS name: mnist, cifar10, cifar100 (split
+            "test") or imagenet2012 (split "validation", resize 256 / centre
+            crop 224). The split and preprocessing are those of the test
+            pipeline of `bin/train` (`datasets.evaluation_split`).
         n_examples: Keep the first n examples (all when None).
         data_dir: TFDS data directory.
-        center_crop: For TFDS images: resize the shorter side to 256 and crop
-            the centre 224 x 224 (the ImageNet evaluation). Defaults to True
-            for names starting with "imagenet".
+        manual_dir: TFDS manual directory holding the ILSVRC2012 tars.
 
     Returns:
         `EvaluationData`.
@@ -344,98 +316,13 @@ def load_data(name, n_examples=None, data_dir=None, center_crop=None):
         n_examples = _checked(attack_lib.check_count, n_examples, "--n_examples", 1)
     if not name:
         raise InputError("--dataset is required: mnist_sample, npz:PATH or a TFDS name.")
-    if name == "mnist_sample":
-        from deat_tf import datasets
-
-        sample = datasets.load_mnist_sample()
-        data = from_arrays(sample["x_test"], sample["y_test"], name)
-    elif name.startswith("npz:"):
-        data = _load_npz(name)
-    else:
-        if center_crop is None:
-            center_crop = name.startswith("imagenet")
-        return _load_tfds(name, n_examples, data_dir, center_crop)
-    if n_examples is not None and n_examples < data.size:
-        data = dataclasses.replace(data, dataset=data.dataset.take(n_examples), size=n_examples)
-    return data
-
-
-def _load_npz(name):
-    path = name[len("npz:"):]
-    if not os.path.isfile(path):
-        raise InputError(f"--dataset={name}: no such file {path!r}.")
     try:
-        with np.load(path) as arrays:
-            missing = [key for key in ("x_test", "y_test") if key not in arrays]
-            if missing:
-                raise InputError(
-                    f"--dataset={name}: the file has no {' or '.join(missing)} "
-                    f"(keys: {', '.join(sorted(arrays.keys()))})."
-                )
-            images, labels = arrays["x_test"], arrays["y_test"]
-    except InputError:
-        raise
-    except Exception as error:  # A corrupt or non-npz file: one line, not a traceback.
-        raise InputError(f"--dataset={name}: cannot read {path!r}: {_first_line(error)}") from None
-    return from_arrays(images, labels, f"--dataset={name}")
-
-
-def _load_tfds(name, n_examples, data_dir, center_crop):
-    import tensorflow_datasets as tfds
-
-    if name not in tfds.list_builders():
-        raise InputError(
-            f"--dataset: unknown dataset {name!r}; use mnist_sample, npz:PATH or a TFDS name "
-            "such as mnist, cifar10, cifar100, imagenet2012."
+        dataset, size, num_classes = datasets.evaluation_split(
+            name, n_examples, data_dir=data_dir, manual_dir=manual_dir
         )
-    split = _TFDS_EVALUATION_SPLITS.get(name, "test")
-    if n_examples is not None:
-        split = f"{split}[:{n_examples}]"
-    try:
-        dataset, info = tfds.load(
-            name, split=split, as_supervised=True, data_dir=data_dir, with_info=True
-        )
-    except Exception as error:
-        hint = (
-            " TFDS downloads datasets not prepared in --data_dir; offline, use "
-            "--dataset=mnist_sample or npz:PATH."
-        )
-        if name.startswith("imagenet2012"):
-            hint = (
-                " Put ILSVRC2012_img_val.tar (and ILSVRC2012_img_train.tar) in "
-                "<data_dir>/downloads/manual/ so TFDS can prepare it."
-            )
-        raise InputError(
-            f"--dataset={name}: cannot load split {split!r} with TFDS "
-            f"(data_dir={data_dir or 'default'}): {_first_line(error)}.{hint}"
-        ) from None
-
-    def convert(image, label):
-        if center_crop:
-            image = _resize_and_center_crop(image)
-        else:
-            image = tf.cast(image, tf.float32) / 255.0
-        return image, tf.cast(label, tf.int64)
-
-    if n_examples is not None:
-        dataset = dataset.take(n_examples)
-    dataset = dataset.map(convert, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    label_feature = info.features[info.supervised_keys[1]] if info.supervised_keys else None
-    label_count = getattr(label_feature, "num_classes", None)
-    return EvaluationData(name, dataset, n_examples, label_count)
-
-
-def _resize_and_center_crop(image):
-    """Resize the shorter side to 256, crop the centre 224 x 224, scale to [0, 1]."""
-    shape = tf.cast(tf.shape(image)[:2], tf.float32)
-    scale = _IMAGENET_RESIZE / tf.reduce_min(shape)
-    size = tf.cast(tf.round(shape * scale), tf.int32)
-    image = tf.image.resize(tf.cast(image, tf.float32) / 255.0, size, antialias=True)
-    top = (size[0] - _IMAGENET_CROP) // 2
-    left = (size[1] - _IMAGENET_CROP) // 2
-    image = image[top:top + _IMAGENET_CROP, left:left + _IMAGENET_CROP]
-    image = tf.ensure_shape(image, [_IMAGENET_CROP, _IMAGENET_CROP, None])
-    return tf.clip_by_value(image, 0.0, 1.0)
+    except datasets.DatasetError as error:
+        raise InputError(f"--dataset={name}: {error}") from None
+    return EvaluationData(name, dataset, size, num_classes)
 
 
 def _first_line(error):
@@ -1042,19 +929,7 @@ def write_report(report, path):
         report: The dict from `evaluate`.
         path: Destination file; its directory must exist.
     """
-    directory = os.path.dirname(os.path.abspath(path))
-    handle, temporary = tempfile.mkstemp(dir=directory, prefix=".evaluation-", suffix=".json.tmp")
-    try:
-        with os.fdopen(handle, "w") as stream:
-            json.dump(report, stream, indent=2, allow_nan=False)
-            stream.write("\n")
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
+    runtime.write_json(path, report)
 
 
 def _check_output_path(path):
@@ -1073,25 +948,6 @@ def _check_output_path(path):
 # ---------------------------------------------------------------------- command
 
 
-def make_strategy(name="auto"):
-    """Builds the distribution strategy for --strategy.
-
-    Args:
-        name: "auto" (MirroredStrategy over the local GPUs when there are
-            several, else the default strategy), "mirrored" or "one_device".
-
-    Returns:
-        A `tf.distribute.Strategy`.
-    """
-    name = _checked(attack_lib.check_choice, name, STRATEGIES, "--strategy")
-    gpus = tf.config.list_logical_devices("GPU")
-    if name == "mirrored" or (name == "auto" and len(gpus) > 1):
-        return tf.distribute.MirroredStrategy()
-    if name == "one_device":
-        return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
-    return tf.distribute.get_strategy()
-
-
 def resolve_settings(
     model=None,
     dataset=None,
@@ -1106,6 +962,7 @@ def resolve_settings(
     output=None,
     outputs="logits",
     data_dir=None,
+    manual_dir=None,
     strategy="auto",
     jit_compile=False,
 ):
@@ -1145,7 +1002,7 @@ def resolve_settings(
     batch_size = _checked(attack_lib.check_count, batch_size, "--batch_size", 1)
     seed = _checked(attack_lib.check_count, seed, "--seed", 0)
     _checked(attack_lib.check_choice, outputs, OUTPUTS, "--outputs")
-    _checked(attack_lib.check_choice, strategy, STRATEGIES, "--strategy")
+    _checked(attack_lib.check_choice, strategy, runtime.STRATEGIES, "--strategy")
     specs = parse_attacks(attacks, epsilon, restarts, step_size)
     if dataset.startswith("npz:") and not os.path.isfile(dataset[len("npz:"):]):
         raise InputError(f"--dataset={dataset}: no such file {dataset[len('npz:'):]!r}.")
@@ -1171,9 +1028,9 @@ def resolve_settings(
         "output": output,
         "outputs": outputs,
         "data_dir": data_dir,
+        "manual_dir": manual_dir,
         "strategy": strategy,
         "jit_compile": bool(jit_compile),
-        "center_crop": preset == "imagenet" or None,
     }
 
 
@@ -1195,9 +1052,9 @@ def run(stdout=None, stderr=None, **flags):
     stderr = stderr or sys.stderr
     settings = resolve_settings(**flags)
     data = load_data(
-        settings["dataset"], settings["n_examples"], settings["data_dir"], settings["center_crop"]
+        settings["dataset"], settings["n_examples"], settings["data_dir"], settings["manual_dir"]
     )
-    strategy = make_strategy(settings["strategy"])
+    strategy = runtime.make_strategy(settings["strategy"])
     model = load_classifier(settings["model"], strategy)
 
     def progress(line):
@@ -1252,7 +1109,6 @@ __all__ = [
     "from_arrays",
     "load_classifier",
     "load_data",
-    "make_strategy",
     "parse_attacks",
     "resolve_settings",
     "run",

@@ -43,7 +43,6 @@ per-replica batch statistics. The learning rate is not rescaled: the recipes'
 rates are for their global batch.
 """
 
-import json
 import math
 import os
 import shutil
@@ -59,6 +58,7 @@ from deat_tf import config as config_lib
 from deat_tf import datasets
 from deat_tf import learning_rates
 from deat_tf import models
+from deat_tf import runtime
 from deat_tf.adversarial_model import METHODS, REPLAY_METHODS, AdversarialModel
 from deat_tf.schedulers import (
     SCHEDULED_METHODS,
@@ -70,7 +70,6 @@ from deat_tf.schedulers import (
 ConfigError = config_lib.ConfigError
 
 SCHEDULERS = ("magnitude", "periodic", "accuracy", "none")
-STRATEGIES = ("auto", "mirrored", "one_device")
 OPTIMIZERS = ("sgd", "adam")
 
 
@@ -102,7 +101,7 @@ def validate(config):
     _checked(attacks.check_choice, config.model, tuple(models.MODELS), "--model")
     _checked(attacks.check_choice, config.method, METHODS, "--method")
     _checked(attacks.check_choice, config.scheduler, SCHEDULERS, "--scheduler")
-    _checked(attacks.check_choice, config.strategy, STRATEGIES, "--strategy")
+    _checked(attacks.check_choice, config.strategy, runtime.STRATEGIES, "--strategy")
     _checked(attacks.check_choice, config.optimizer, OPTIMIZERS, "--optimizer")
     _checked(attacks.check_choice, config.lr_schedule, learning_rates.LR_SCHEDULES, "--lr_schedule")
     _checked(attacks.check_epsilon, config.epsilon, "--epsilon")
@@ -214,27 +213,6 @@ def check_workdir(workdir):
 # ------------------------------------------------------------------- runtime
 
 
-def make_strategy(name):
-    """The distribution strategy for `--strategy`.
-
-    Args:
-        name: "auto" (MirroredStrategy over all local GPUs when there are
-            several, else the default strategy), "mirrored" (all local GPUs,
-            or all logical CPUs when there is no GPU) or "one_device" (the
-            first GPU, else the CPU).
-
-    Returns:
-        A `tf.distribute.Strategy`.
-    """
-    gpus = [device.name for device in tf.config.list_logical_devices("GPU")]
-    if name == "auto":
-        return tf.distribute.MirroredStrategy(gpus) if len(gpus) > 1 else tf.distribute.get_strategy()
-    if name == "mirrored":
-        devices = gpus or [device.name for device in tf.config.list_logical_devices("CPU")]
-        return tf.distribute.MirroredStrategy(devices)
-    return tf.distribute.OneDeviceStrategy(gpus[0] if gpus else "/cpu:0")
-
-
 def make_optimizer(config, steps_per_epoch):
     """The recipe's optimizer; its schedule is keyed on minibatches by `AdversarialModel.compile`.
 
@@ -301,34 +279,6 @@ def _evaluation_model(network, config, attack_steps, step_size, strategy):
 
 
 # ----------------------------------------------------------------- files
-
-
-def write_json(path, value):
-    """Writes JSON atomically: a temporary file in the same folder, then a rename."""
-    folder = os.path.dirname(path)
-    handle, temporary = tempfile.mkstemp(prefix=".tmp_", suffix=".json", dir=folder)
-    try:
-        with os.fdopen(handle, "w") as stream:
-            json.dump(_json_ready(value), stream, indent=2, allow_nan=False)
-            stream.write("\n")
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
-
-
-def _json_ready(value):
-    """Turns NaN/inf into None (strict JSON) and numpy scalars into Python numbers."""
-    if isinstance(value, dict):
-        return {key: _json_ready(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_ready(item) for item in value]
-    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def save_keras(model, path):
@@ -544,7 +494,7 @@ class RunSummary(keras.callbacks.Callback):
 
     def write(self):
         """Rewrites summary.json atomically."""
-        write_json(self.path, self.summary())
+        runtime.write_json(self.path, self.summary())
 
     def table(self):
         """The final summary table as text."""
@@ -580,7 +530,7 @@ def _prepare(config, workdir):
     """Everything that can fail on bad input, before anything is written."""
     validate(config)
     workdir = check_workdir(workdir)
-    strategy = make_strategy(config.strategy)
+    strategy = runtime.make_strategy(config.strategy)
     replicas = strategy.num_replicas_in_sync
     if config.batch_size % replicas:
         raise ConfigError(
@@ -714,7 +664,7 @@ def train_and_evaluate(config, workdir):
         )
     created = _create_workdir(workdir)
     try:
-        write_json(os.path.join(workdir, "config.json"), config.to_dict())
+        runtime.write_json(os.path.join(workdir, "config.json"), config.to_dict())
         os.makedirs(os.path.join(workdir, "checkpoints"))
         summary = RunSummary(os.path.join(workdir, "summary.json"), run, config.epochs, count_name)
         summary.write()

@@ -122,18 +122,18 @@ def test_npz_arrays_of_uint8_digits(tmp_path, mnist_sample):
 @pytest.mark.parametrize(
     "arrays, message",
     [
-        ({"x_train": np.zeros((4, 8, 8))}, "lacks y_train, x_test, y_test"),
+        ({"x_train": np.zeros((4, 8, 8))}, "has no y_train, x_test, y_test"),
         (
             {"x_train": np.full((4, 8, 8), 2.0), "y_train": np.zeros(4, int), "x_test": np.zeros((2, 8, 8)), "y_test": np.zeros(2, int)},
-            "floats must be in [0, 1]",
+            "float images must be scaled to [0, 1]",
         ),
         (
             {"x_train": np.zeros((4, 8, 8)), "y_train": np.zeros(3, int), "x_test": np.zeros((2, 8, 8)), "y_test": np.zeros(2, int)},
-            "4 images but y_train has 3 labels",
+            "x_train/y_train has 4 images but 3 labels",
         ),
         (
             {"x_train": np.zeros((4, 8, 8)), "y_train": np.zeros(4), "x_test": np.zeros((2, 8, 8)), "y_test": np.zeros(2, int)},
-            "integer class labels",
+            "labels must be integer classes",
         ),
     ],
 )
@@ -162,3 +162,22 @@ def test_sizes_that_leave_no_training_data_are_rejected():
         datasets.get_pipelines("mnist_sample", 100, 7950)
     with pytest.raises(datasets.DatasetError, match="unknown augmentation"):
         datasets.get_pipelines("mnist_sample", 100, 100, augmentation="mixup")
+
+
+def test_evaluation_split_is_the_training_runs_test_split():
+    dataset, size, classes = datasets.evaluation_split("mnist_sample", n_examples=50)
+    images, labels = next(iter(dataset.batch(50)))
+    pipelines = datasets.get_pipelines("mnist_sample", batch_size=50, validation_size=100)
+    test_images, test_labels = next(iter(pipelines.test))
+    assert (size, classes) == (50, 10)
+    np.testing.assert_array_equal(images.numpy(), test_images.numpy())
+    np.testing.assert_array_equal(labels.numpy(), test_labels.numpy())
+
+
+def test_evaluation_split_of_an_npz_file_needs_only_the_test_arrays(tmp_path):
+    path = tmp_path / "test_only.npz"
+    np.savez(path, x_test=np.full((3, 4, 4), 255, np.uint8), y_test=np.array([0, 4, 1]))
+    dataset, size, classes = datasets.evaluation_split(f"npz:{path}")
+    images, labels = next(iter(dataset.batch(10)))
+    assert (size, classes) == (3, 5) and images.shape == (3, 4, 4, 1)
+    assert float(tf.reduce_min(images)) == 1.0 and labels.numpy().tolist() == [0, 4, 1]

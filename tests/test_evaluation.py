@@ -266,12 +266,12 @@ def test_load_data_sources(tmp_path):
     assert local.size == 5 and images.shape == (5, 8, 8, 1) and float(tf.reduce_max(images)) == 1.0
 
     np.savez(tmp_path / "no_test.npz", x_train=np.zeros((2, 4, 4)))
-    with pytest.raises(evaluation.InputError, match="has no x_test or y_test"):
+    with pytest.raises(evaluation.InputError, match="has no x_test, y_test"):
         evaluation.load_data(f"npz:{tmp_path / 'no_test.npz'}")
     np.savez(tmp_path / "scaled.npz", x_test=np.full((2, 4, 4), 3.0), y_test=np.zeros(2, np.int64))
     with pytest.raises(evaluation.InputError, match="scaled to \\[0, 1\\]"):
         evaluation.load_data(f"npz:{tmp_path / 'scaled.npz'}")
-    with pytest.raises(evaluation.InputError, match="no such file"):
+    with pytest.raises(evaluation.InputError, match="does not exist"):
         evaluation.load_data(f"npz:{tmp_path / 'missing.npz'}")
     with pytest.raises(evaluation.InputError, match="unknown dataset 'not_a_dataset'"):
         evaluation.load_data("not_a_dataset")
@@ -279,14 +279,17 @@ def test_load_data_sources(tmp_path):
         evaluation.load_data("mnist_sample", n_examples=0)
 
 
-def test_tfds_datasets_with_mock_data():
+def test_tfds_datasets_with_mock_data(tmp_path):
     import tensorflow_datasets as tfds
 
+    # TFDS prepares ImageNet from the two tars; empty files stand in for them under mock data.
+    for name in ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar"):
+        (tmp_path / name).touch()
     with tfds.testing.mock_data(num_examples=4):
         cifar = evaluation.load_data("cifar10", n_examples=3)
         images, _ = next(iter(cifar.dataset.batch(10)))
         assert images.shape == (3, 32, 32, 3) and images.dtype == tf.float32
-        imagenet = evaluation.load_data("imagenet2012", n_examples=2)
+        imagenet = evaluation.load_data("imagenet2012", n_examples=2, manual_dir=str(tmp_path))
         images, labels = next(iter(imagenet.dataset.batch(10)))
         assert images.shape == (2, 224, 224, 3)
         assert 0.0 <= float(tf.reduce_min(images)) and float(tf.reduce_max(images)) <= 1.0
@@ -357,7 +360,7 @@ def test_presets_fill_defaults_and_flags_override(tmp_path):
     assert cifar["dataset"] == "cifar10" and cifar["epsilon"] == 4 / 255
     assert next(spec for spec in cifar["attack_specs"] if spec.name == "pgd100").restarts == 3
     imagenet = evaluation.resolve_settings(model=str(model), preset="imagenet")
-    assert (imagenet["epsilon"], imagenet["n_examples"], imagenet["center_crop"]) == (4 / 255, 5000, True)
+    assert (imagenet["epsilon"], imagenet["n_examples"], imagenet["dataset"]) == (4 / 255, 5000, "imagenet2012")
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from deat_tf import config as config_lib
-from deat_tf import learning_rates, train
+from deat_tf import learning_rates, runtime, train
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN_TRAIN = os.path.join(REPOSITORY, "bin", "train")
@@ -358,11 +358,11 @@ def test_flag_values_are_parsed_by_field_type():
 
 def test_write_json_never_leaves_a_half_written_file(tmp_path):
     path = str(tmp_path / "summary.json")
-    train.write_json(path, {"status": "running", "value": float("nan")})
+    runtime.write_json(path, {"status": "running", "value": float("nan")})
     with open(path) as stream:
         assert json.load(stream) == {"status": "running", "value": None}
     with pytest.raises(TypeError):
-        train.write_json(path, {"status": "finished", "bad": object()})
+        runtime.write_json(path, {"status": "finished", "bad": object()})
     with open(path) as stream:
         assert json.load(stream)["status"] == "running"
     assert os.listdir(tmp_path) == ["summary.json"]
