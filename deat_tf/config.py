@@ -30,7 +30,7 @@ class ConfigError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Every setting of a training run (see README_train.md for the recipes).
+    """Every setting of a training run (README.md lists the recipes).
 
     Data:
         dataset: mnist, mnist_sample, cifar10, cifar100, imagenet2012 or npz:PATH.
