@@ -432,11 +432,16 @@ _COMPILED_PGD = weakref.WeakKeyDictionary()
 
 
 def _compiled_for(cache, model, graph_function):
+    """The compiled attack for `model`, traced once per model and cached.
+
+    Autograph is off: the attacks use tf.while_loop, not Python control flow on
+    tensors, and converting their loops costs seconds of tracing.
+    """
     try:
         return cache[model]
     except (KeyError, TypeError):
         pass
-    compiled = tf.function(graph_function, reduce_retracing=True)
+    compiled = tf.function(graph_function, reduce_retracing=True, autograph=False)
     try:
         cache[model] = compiled
     except TypeError:
@@ -905,21 +910,6 @@ _COMPILED_APGD = weakref.WeakKeyDictionary()
 _COMPILED_APGD_TARGETED = weakref.WeakKeyDictionary()
 
 
-def _compiled_without_autograph(cache, model, graph_function):
-    """Like `_compiled_for`, without autograph: APGD has no Python control flow
-    on tensors, and converting its loops costs seconds of tracing."""
-    try:
-        return cache[model]
-    except (KeyError, TypeError):
-        pass
-    compiled = tf.function(graph_function, reduce_retracing=True, autograph=False)
-    try:
-        cache[model] = compiled
-    except TypeError:
-        pass  # Objects without weak references are compiled per call.
-    return compiled
-
-
 def _check_apgd_arguments(x, epsilon, steps, restarts, loss):
     epsilon = check_epsilon(epsilon)
     check_count(steps, "steps", 0)
@@ -979,7 +969,7 @@ def apgd(
     if tf.inside_function():
         result = _apgd_graph(model, *arguments)
     else:
-        result = _compiled_without_autograph(_COMPILED_APGD, model, _apgd_graph)(model, *arguments)
+        result = _compiled_for(_COMPILED_APGD, model, _apgd_graph)(model, *arguments)
     return tf.stop_gradient(result)
 
 
@@ -1033,6 +1023,6 @@ def apgd_targeted(
     if tf.inside_function():
         result = _apgd_targeted_graph(model, *arguments)
     else:
-        compiled = _compiled_without_autograph(_COMPILED_APGD_TARGETED, model, _apgd_targeted_graph)
+        compiled = _compiled_for(_COMPILED_APGD_TARGETED, model, _apgd_targeted_graph)
         result = compiled(model, *arguments)
     return tf.stop_gradient(result)

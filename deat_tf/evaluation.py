@@ -1004,8 +1004,12 @@ def resolve_settings(
     _checked(attack_lib.check_choice, outputs, OUTPUTS, "--outputs")
     _checked(attack_lib.check_choice, strategy, runtime.STRATEGIES, "--strategy")
     specs = parse_attacks(attacks, epsilon, restarts, step_size)
-    if dataset.startswith("npz:") and not os.path.isfile(dataset[len("npz:"):]):
-        raise InputError(f"--dataset={dataset}: no such file {dataset[len('npz:'):]!r}.")
+    try:
+        kind, path = datasets.parse_name(dataset)
+    except datasets.DatasetError as error:
+        raise InputError(f"--dataset: {error}") from None
+    if kind == "npz" and not os.path.isfile(path):
+        raise InputError(f"--dataset={dataset}: no such file {path!r}.")
     if not model:
         raise InputError("--model is required: a .keras file (e.g. WORKDIR/model.keras).")
     if not os.path.isfile(model):
