@@ -8,7 +8,8 @@ with step 2/255; the update minimises the boosted cross-entropy of f(x_adv)
 plus 6 KL(f(x) || f(x_adv)) (1 - p_y(x)). K starts at 0, rises after epoch 0,
 then whenever the epoch's gradient magnitude (of the full MART loss, at x_adv)
 exceeds the threshold (gamma 1.01), up to K_max 10. Otherwise the settings of
-configs/cifar10_deat.py. For plain MART pass --scheduler=none --attack_steps=10.
+configs/cifar10_mplus_trades.py. For plain MART pass --scheduler=none
+--attack_steps=10.
 
 Command:
     bin/train --config=configs/cifar10_mplus_mart.py --workdir=runs/cifar10_mplus_mart
@@ -18,13 +19,4 @@ from deat_tf import config
 
 
 def get_config():
-    return config.replace(
-        config.load_sibling(__file__, "cifar10_deat"),
-        method="mart",
-        beta=6.0,
-        attack_steps=None,
-        step_size=2 / 255,
-        scheduler="magnitude",
-        gamma=1.01,
-        max_steps=10,
-    )
+    return config.replace(config.load_sibling(__file__, "cifar10_mplus_trades"), method="mart")

@@ -400,31 +400,12 @@ def _pgd_graph(model, x, y, epsilon, step_size, steps, restarts, seed, loss, ran
     logits_fn = logits_function(model)
     x = tf.cast(x, tf.float32)
     y = tf.cast(tf.reshape(y, [-1]), tf.int32)
-    batch = tf.shape(x)[0]
 
-    def restart_body(restart, best, best_losses, best_misclassified):
-        if random_start:
-            # Restart i of seed s draws what a single restart of seed s + i draws.
-            restart_seed = tf.stack([tf.cast(seed, tf.int64) + tf.cast(restart, tf.int64), 0])
-            noise = initial_perturbation(tf.shape(x), epsilon, "uniform", seed=restart_seed)
-            start = project(x + noise, x, epsilon)
-        else:
-            start = x
-        candidate, losses, misclassified = pgd_loop(
-            logits_fn, x, y, start, epsilon, step_size, steps, loss, keep_best=True
-        )
-        stronger = _is_stronger(losses, misclassified, best_losses, best_misclassified)
-        return (
-            restart + 1,
-            _select(stronger, candidate, best),
-            tf.where(stronger, losses, best_losses),
-            tf.logical_or(best_misclassified, misclassified),
-        )
+    def run(restart):
+        start = _restart_start(x, epsilon, seed, restart, random_start)
+        return pgd_loop(logits_fn, x, y, start, epsilon, step_size, steps, loss, keep_best=True)
 
-    initial = [tf.constant(0), x, tf.fill([batch], tf.float32.min), tf.zeros([batch], tf.bool)]
-    _, best, _, _ = tf.while_loop(
-        lambda restart, *_: restart < restarts, restart_body, initial, parallel_iterations=1
-    )
+    best, _, _, _ = strongest_over_runs(run, restarts, x)
     return best
 
 
@@ -871,7 +852,7 @@ def strongest_over_runs(run, runs, x):
 def _restart_start(x, epsilon, seed, restart, random_start):
     if not random_start:
         return x
-    # Restart i of seed s draws what a single restart of seed s + i draws, as in `pgd`.
+    # Restart i of seed s draws what a single restart of seed s + i draws.
     restart_seed = tf.stack([tf.cast(seed, tf.int64) + tf.cast(restart, tf.int64), 0])
     noise = initial_perturbation(tf.shape(x), epsilon, "uniform", seed=restart_seed)
     return project(x + noise, x, epsilon)

@@ -156,14 +156,25 @@ def preact_resnet18(
     Returns:
         A functional `keras.Model` returning logits.
     """
+    stages = [(width * multiplier, strides) for multiplier, strides in ((1, 1), (2, 2), (4, 2), (8, 2))]
+    return _preact_network(input_shape, num_classes, mean, std, width, stages, 2, name)
+
+
+def _preact_network(input_shape, num_classes, mean, std, stem_filters, stages, blocks, name):
+    """Standardize, a 3x3 stem, stages of pre-activation blocks, BN-ReLU, pooling, dense.
+
+    Args:
+        stages: (filters, stride of the first block) per stage.
+        blocks: Blocks per stage.
+    """
     inputs = keras.Input(input_shape)
     hidden = Standardize(mean, std, name="standardize")(inputs)
-    hidden = _conv(width, 3, 1, "stem_conv")(hidden)
-    for stage, (multiplier, strides) in enumerate(((1, 1), (2, 2), (4, 2), (8, 2))):
-        for block in range(2):
+    hidden = _conv(stem_filters, 3, 1, "stem_conv")(hidden)
+    for stage, (filters, strides) in enumerate(stages):
+        for block in range(blocks):
             hidden = _preact_block(
                 hidden,
-                width * multiplier,
+                filters,
                 strides if block == 0 else 1,
                 name=f"stage{stage + 1}_block{block + 1}",
             )
@@ -206,22 +217,8 @@ def wide_resnet34_10(
         raise ValueError(f"depth must be 6n + 4 with n >= 1 (e.g. 34), got {depth}.")
     if widen_factor < 1:
         raise ValueError(f"widen_factor must be >= 1, got {widen_factor}.")
-    blocks = (depth - 4) // 6
-    inputs = keras.Input(input_shape)
-    hidden = Standardize(mean, std, name="standardize")(inputs)
-    hidden = _conv(16, 3, 1, "stem_conv")(hidden)
-    for stage, (filters, strides) in enumerate(((16, 1), (32, 2), (64, 2))):
-        for block in range(blocks):
-            hidden = _preact_block(
-                hidden,
-                filters * widen_factor,
-                strides if block == 0 else 1,
-                name=f"stage{stage + 1}_block{block + 1}",
-            )
-    hidden = layers.ReLU(name="final_relu")(_batch_norm("final_bn")(hidden))
-    hidden = layers.GlobalAveragePooling2D(name="pool")(hidden)
-    outputs = layers.Dense(num_classes, name="logits")(hidden)
-    return keras.Model(inputs, outputs, name=name)
+    stages = [(filters * widen_factor, strides) for filters, strides in ((16, 1), (32, 2), (64, 2))]
+    return _preact_network(input_shape, num_classes, mean, std, 16, stages, (depth - 4) // 6, name)
 
 
 def _padded_conv(inputs, filters, kernel_size, strides, name):

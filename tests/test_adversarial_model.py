@@ -134,21 +134,30 @@ def manual_update(network, images, labels, learning_rate):
         variable.assign_sub(learning_rate * gradient)
 
 
+def model_and_reference(method, seed, learning_rate, **kwargs):
+    """A model trained by SGD and an identical network to replay its step by hand."""
+    model = make_model(
+        method, optimizer=keras.optimizers.SGD(learning_rate), network=counting_network(seed=seed), **kwargs
+    )
+    reference = counting_network(seed=seed)
+    reference.set_weights(model.network.get_weights())
+    return model, reference
+
+
+def assert_step_matches(model, x, y, reference, expected_magnitude):
+    history = model.fit(x, y, batch_size=len(x), epochs=1, shuffle=False, verbose=0)
+    assert history.history["grad_magnitude"][0] == pytest.approx(expected_magnitude, rel=1e-4)
+    for trained, expected in zip(model.network.trainable_variables, reference.trainable_variables):
+        np.testing.assert_allclose(trained.numpy(), expected.numpy(), rtol=1e-4, atol=1e-6)
+    return history
+
+
 def test_deat_replays_and_grad_magnitude_match_a_hand_computation():
     x, y = toy_data(1, batch_size=16, seed=4)
     epsilon, step_size, learning_rate = 0.1, 0.04, 0.5
-    model = make_model(
-        "deat",
-        optimizer=keras.optimizers.SGD(learning_rate),
-        network=counting_network(seed=7),
-        attack_steps=3,
-        epsilon=epsilon,
-        step_size=step_size,
-        initialization="zero",
+    model, reference = model_and_reference(
+        "deat", 7, learning_rate, attack_steps=3, epsilon=epsilon, step_size=step_size, initialization="zero"
     )
-    reference = counting_network(seed=7)
-    reference.set_weights(model.network.get_weights())
-
     images, labels = tf.constant(x), tf.constant(y)
     x_adv = images
     for _ in range(3):
@@ -157,29 +166,15 @@ def test_deat_replays_and_grad_magnitude_match_a_hand_computation():
         last_gradient = gradient
         x_adv = attacks.project(x_adv + step_size * tf.sign(gradient), images, epsilon)
     # The statistic is the gradient w.r.t. the normalised input: times std 0.5.
-    expected_magnitude = float(tf.reduce_sum(tf.abs(last_gradient * 0.5)))
-
-    history = model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
-    assert history.history["grad_magnitude"][0] == pytest.approx(expected_magnitude, rel=1e-4)
-    for trained, expected in zip(model.network.trainable_variables, reference.trainable_variables):
-        np.testing.assert_allclose(trained.numpy(), expected.numpy(), rtol=1e-4, atol=1e-6)
+    assert_step_matches(model, x, y, reference, float(tf.reduce_sum(tf.abs(last_gradient * 0.5))))
 
 
 def test_pgd_trains_on_the_final_iterate_and_measures_its_gradient():
     x, y = toy_data(1, batch_size=16, seed=5)
     epsilon, step_size, learning_rate = 0.1, 0.03, 0.5
-    model = make_model(
-        "pgd",
-        optimizer=keras.optimizers.SGD(learning_rate),
-        network=counting_network(seed=8),
-        attack_steps=2,
-        epsilon=epsilon,
-        step_size=step_size,
-        initialization="zero",
+    model, reference = model_and_reference(
+        "pgd", 8, learning_rate, attack_steps=2, epsilon=epsilon, step_size=step_size, initialization="zero"
     )
-    reference = counting_network(seed=8)
-    reference.set_weights(model.network.get_weights())
-
     images, labels = tf.constant(x), tf.constant(y)
     x_adv = images
     for _ in range(2):
@@ -187,11 +182,7 @@ def test_pgd_trains_on_the_final_iterate_and_measures_its_gradient():
         x_adv = attacks.project(x_adv + step_size * tf.sign(gradient), images, epsilon)
     expected_magnitude = float(tf.reduce_sum(tf.abs(manual_input_gradient(reference, x_adv, labels) * 0.5)))
     manual_update(reference, x_adv, labels, learning_rate)
-
-    history = model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
-    assert history.history["grad_magnitude"][0] == pytest.approx(expected_magnitude, rel=1e-4)
-    for trained, expected in zip(model.network.trainable_variables, reference.trainable_variables):
-        np.testing.assert_allclose(trained.numpy(), expected.numpy(), rtol=1e-4, atol=1e-6)
+    assert_step_matches(model, x, y, reference, expected_magnitude)
 
 
 def trades_loss(network, x, x_adv, y, beta):
@@ -220,17 +211,9 @@ def mart_loss(network, x, x_adv, y, beta):
 def test_trades_and_mart_match_a_hand_computation(method):
     x, y = toy_data(1, batch_size=16, seed=6)
     epsilon, step_size, learning_rate, beta = 0.1, 0.03, 0.5, 6.0
-    model = make_model(
-        method,
-        optimizer=keras.optimizers.SGD(learning_rate),
-        network=counting_network(seed=9),
-        attack_steps=2,
-        epsilon=epsilon,
-        step_size=step_size,
-        beta=beta,
+    model, reference = model_and_reference(
+        method, 9, learning_rate, attack_steps=2, epsilon=epsilon, step_size=step_size, beta=beta
     )
-    reference = counting_network(seed=9)
-    reference.set_weights(model.network.get_weights())
     images, labels = tf.constant(x), tf.constant(y)
     # The model's own draw for minibatch 0, so the hand computation starts alike.
     x_adv = model._random_start(images)
@@ -259,11 +242,8 @@ def test_trades_and_mart_match_a_hand_computation(method):
     for variable, gradient in zip(reference.trainable_variables, gradients):
         variable.assign_sub(learning_rate * gradient)
 
-    history = model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
+    history = assert_step_matches(model, x, y, reference, expected_magnitude)
     assert history.history["loss"][0] == pytest.approx(float(loss), rel=1e-4)
-    assert history.history["grad_magnitude"][0] == pytest.approx(expected_magnitude, rel=1e-4)
-    for trained, expected in zip(model.network.trainable_variables, reference.trainable_variables):
-        np.testing.assert_allclose(trained.numpy(), expected.numpy(), rtol=1e-4, atol=1e-6)
 
 
 def test_grad_magnitude_is_the_epoch_sum_over_minibatches():
