@@ -431,7 +431,9 @@ class AdversarialModel(keras.Model):
 
         Images must be a float batch [batch, height, width, channels] in [0, 1]
         and labels integers in [0, classes). Arrays are checked whole; for a
-        `tf.data.Dataset` the first batch is checked.
+        `tf.data.Dataset` the first batch is checked, which runs the pipeline up
+        to that batch once more (for a large shuffle buffer, a one-off cost of
+        filling it).
         """
         batch = _peek_batch(x, y, batch_size)
         if batch is not None:

@@ -402,3 +402,52 @@ def test_compile_rejects_extra_metrics():
     model = deat_tf.AdversarialModel(counting_network())
     with pytest.raises(ValueError, match="metrics cannot be passed"):
         model.compile(optimizer="sgd", metrics=["accuracy"])
+
+
+def test_step_size_rule_max_epsilon_over_steps():
+    model = make_model("deat", epsilon=0.1, step_size=0.02, step_size_rule="max_epsilon_over_steps")
+    assert [model.replay_step_size(steps) for steps in (1, 2, 4, 8)] == pytest.approx([0.1, 0.05, 0.025, 0.02])
+    assert make_model("deat", epsilon=0.1, step_size=0.02).replay_step_size(2) == pytest.approx(0.02)
+
+
+def test_pgd_uses_the_step_size_rule_inside_the_graph():
+    # K = 2 steps of alpha = max(0.1 / 2, 0.01) = 0.05, not 0.01.
+    x, y = toy_data(1, batch_size=16, seed=10)
+    epsilon, learning_rate = 0.1, 0.5
+    model, reference = model_and_reference(
+        "pgd",
+        11,
+        learning_rate,
+        attack_steps=2,
+        epsilon=epsilon,
+        step_size=0.01,
+        step_size_rule="max_epsilon_over_steps",
+        initialization="zero",
+    )
+    images, labels = tf.constant(x), tf.constant(y)
+    x_adv = images
+    for _ in range(2):
+        gradient = manual_input_gradient(reference, x_adv, labels)
+        x_adv = attacks.project(x_adv + 0.05 * tf.sign(gradient), images, epsilon)
+    expected_magnitude = float(tf.reduce_sum(tf.abs(manual_input_gradient(reference, x_adv, labels) * 0.5)))
+    manual_update(reference, x_adv, labels, learning_rate)
+    assert_step_matches(model, x, y, reference, expected_magnitude)
+
+
+def test_a_loaded_model_keeps_its_schedule_keyed_on_minibatches(tmp_path):
+    x, y = toy_data(4)
+    schedule = keras.optimizers.schedules.PiecewiseConstantDecay([3], [0.05, 0.001])
+    model = make_model("deat", optimizer=keras.optimizers.SGD(schedule), attack_steps=3)
+    model.fit(x[:20], y[:20], batch_size=10, epochs=1, verbose=0)
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    wrapped = loaded.optimizer._learning_rate
+    assert isinstance(wrapped, deat_tf.MinibatchSchedule)
+    assert wrapped.counter is loaded._minibatch_counter
+    # 2 minibatches, 6 updates: keyed on minibatches the rate is still 0.05 (on updates, 0.001).
+    assert loaded.minibatches == 2 and int(loaded.optimizer.iterations.numpy()) == 6
+    assert float(loaded.optimizer.learning_rate) == pytest.approx(0.05)
+    loaded.fit(x[20:], y[20:], batch_size=10, epochs=1, verbose=0)
+    assert loaded.minibatches == 4 and int(loaded.optimizer.iterations.numpy()) == 12
+    assert float(loaded.optimizer.learning_rate) == pytest.approx(0.001)
