@@ -34,7 +34,9 @@ flags.DEFINE_list("networks", ["mnist_cnn", "preact_resnet18"], "Networks to tim
 flags.DEFINE_integer("rounds", 5, "Interleaved timing rounds; the median is reported.")
 flags.DEFINE_integer("steps", 3, "Minibatches timed per configuration per round.")
 flags.DEFINE_integer("warmup", 2, "Untimed minibatches per configuration before timing.")
-flags.DEFINE_integer("resnet_width", 64, "First-stage width of PreAct-ResNet18 (64 is the paper's).")
+flags.DEFINE_integer(
+    "resnet_width", 64, "First-stage width of PreAct-ResNet18 (64 is the paper's)."
+)
 flags.DEFINE_boolean("jit_compile", False, "XLA-compile the train steps.")
 
 REPLAYS = (1, 2, 4, 8)
@@ -62,7 +64,9 @@ def build_setups():
                 return models.preact_resnet18(width=FLAGS.resnet_width)
 
         else:
-            raise ValueError(f"--networks: unknown network {name!r}; use mnist_cnn, preact_resnet18.")
+            raise ValueError(
+                f"--networks: unknown network {name!r}; use mnist_cnn, preact_resnet18."
+            )
         images = generator.uniform(size=(batch,) + shape).astype(np.float32)
         labels = generator.integers(0, classes, size=batch).astype(np.int64)
         setups[name] = (factory, images, labels, epsilon, batch)
@@ -139,7 +143,10 @@ def main(argv):
         "command": "python " + " ".join(sys.argv),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "device": [device.device_type for device in tf.config.list_physical_devices()],
-        "gpu": [tf.config.experimental.get_device_details(gpu).get("device_name", "") for gpu in tf.config.list_physical_devices("GPU")],
+        "gpu": [
+            tf.config.experimental.get_device_details(gpu).get("device_name", "")
+            for gpu in tf.config.list_physical_devices("GPU")
+        ],
         "machine": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
         "tensorflow": tf.__version__,

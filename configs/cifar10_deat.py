@@ -1,7 +1,7 @@
 """CIFAR-10, PreAct-ResNet18, M+DEAT (gamma 1.01, r_max 8): the paper's main CIFAR-10 recipe.
 
 Reproduces the M+DEAT row of the DEAT paper's CIFAR-10 table (Wang et al.,
-TMLR 2022; ALGORITHM.md section 6). The authors' run reports, on all 10,000
+TMLR 2022; docs/algorithm.md). The authors' run reports, on all 10,000
 test images: clean 83.93%, PGD-100 48.87%, CW-20 48.12%, AutoAttack 45.56%,
 102.1 minutes (versus 162.4 for FREE-8 and 157.2 for PGD-7 on their GPU).
 Expected r trace: 1 (epoch 0), 2 (1-2), 3 (3-7), 4 (8-26), 5, 6, 7, 8 at the

@@ -1,6 +1,6 @@
 """CIFAR-10, PreAct-ResNet18, FREE-8 (Shafahi et al.): eight replays of every minibatch.
 
-Reproduces the FREE-8 row of the DEAT paper's CIFAR-10 table (ALGORITHM.md
+Reproduces the FREE-8 row of the DEAT paper's CIFAR-10 table (docs/algorithm.md
 section 6): clean 80.77%, PGD-100 48.54%, CW-20 47.11%, AutoAttack 44.79%,
 162.4 minutes. As in the paper's comparison it runs the same 50 epochs as
 M+DEAT (400 replay-epochs) with the perturbation carried from minibatch to

@@ -1,6 +1,6 @@
 """CIFAR-10, PreAct-ResNet18, M+MART: MART whose attack step count K follows the M+ rule.
 
-Reproduces the M+MART row of the DEAT paper's CIFAR-10 table (ALGORITHM.md
+Reproduces the M+MART row of the DEAT paper's CIFAR-10 table (docs/algorithm.md
 sections 4 and 6): clean 78.04%, PGD-100 55.83%, CW-20 49.19%, AutoAttack
 47.20%, 87.6 minutes, against MART with a fixed K = 10 at 75.86% / 54.88% /
 48.42% / 46.67% in 148.7 minutes. The attack is CE PGD from a uniform start

@@ -1,6 +1,6 @@
 """CIFAR-10, PreAct-ResNet18, M+PGD: PGD-AT whose step count K follows the M+ rule.
 
-Reproduces the M+PGD row of the DEAT paper's CIFAR-10 table (ALGORITHM.md
+Reproduces the M+PGD row of the DEAT paper's CIFAR-10 table (docs/algorithm.md
 sections 4 and 6): clean 83.43%, PGD-100 45.94%, CW-20 45.66%, AutoAttack
 42.57%, 94.8 minutes. K starts at 0 (epoch 0 trains on the random start),
 rises after epoch 0, then whenever the epoch's gradient magnitude exceeds the

@@ -1,6 +1,6 @@
 """CIFAR-10, PreAct-ResNet18, M+TRADES: TRADES whose attack step count K follows the M+ rule.
 
-Reproduces the M+TRADES row of the DEAT paper's CIFAR-10 table (ALGORITHM.md
+Reproduces the M+TRADES row of the DEAT paper's CIFAR-10 table (docs/algorithm.md
 sections 4 and 6): clean 79.98%, PGD-100 51.43%, CW-20 48.61%, AutoAttack
 47.52%, 317.7 minutes, against TRADES with a fixed K = 10 at 79.29% / 51.06% /
 48.46% / 47.64% in 456.4 minutes. The attack maximises KL(f(x) || f(x_adv))

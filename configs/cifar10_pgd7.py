@@ -1,6 +1,6 @@
 """CIFAR-10, PreAct-ResNet18, PGD-7 adversarial training (Madry et al.), the paper's baseline.
 
-Reproduces the PGD-7 row of the DEAT paper's CIFAR-10 table (ALGORITHM.md
+Reproduces the PGD-7 row of the DEAT paper's CIFAR-10 table (docs/algorithm.md
 section 6): clean 82.33%, PGD-100 49.48%, CW-20 48.64%, AutoAttack 45.95%,
 157.2 minutes. Seven PGD steps of 2/255 from a uniform random start, then one
 update; otherwise the settings of configs/cifar10_deat.py (50 epochs, lr 0.05

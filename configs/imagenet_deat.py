@@ -1,6 +1,6 @@
 """ImageNet, ResNet-50, M+DEAT (gamma 1.1, r_max 4): the DEAT paper's ImageNet recipe.
 
-Reproduces the M+DEAT row of the DEAT paper's ImageNet table (ALGORITHM.md
+Reproduces the M+DEAT row of the DEAT paper's ImageNet table (docs/algorithm.md
 section 6): clean 62.04%, PGD-10 31.40%, PGD-50 30.18% (step 1/255), 34.3
 hours versus 52.4 for FREE-4 in the paper's setup. The settings of
 configs/imagenet_free4.py (23 epochs, lr 0.1 x0.1 at epochs 10 and 17, batch

@@ -1,6 +1,6 @@
 """ImageNet, ResNet-50, FREE-4 (Shafahi et al.): the DEAT paper's ImageNet baseline.
 
-Reproduces the FREE-4 row of the DEAT paper's ImageNet table (ALGORITHM.md
+Reproduces the FREE-4 row of the DEAT paper's ImageNet table (docs/algorithm.md
 section 6): clean 61.02%, PGD-10 31.90%, PGD-50 30.93% (step 1/255), 52.4
 hours in the paper's setup. Four replays per minibatch with one perturbation
 carried across minibatches (original FREE); epochs divided by m as in FREE:

@@ -1,15 +1,21 @@
 """deat_tf: efficient adversarial training for Keras and TensorFlow.
 
 DEAT (Dynamic Efficient Adversarial Training) with M+ acceleration, plus the
-baselines FREE-m, PGD-AT and FGSM-RS, as a Keras model with a custom train step
-(`AdversarialModel`) and callbacks that schedule the attack iteration count.
+baselines FREE-m, PGD-AT, TRADES, MART and FGSM-RS, as a Keras model with a
+custom train step (`AdversarialModel`) and callbacks that schedule the attack
+iteration count.
 """
 
-from deat_tf import attacks
-from deat_tf import learning_rates  # registers the recipes' schedules for loading .keras files
-from deat_tf import models
-from deat_tf.adversarial_model import METHODS, AdversarialModel, MinibatchSchedule
-from deat_tf.schedulers import AccuracyScheduler, IterationScheduler, MagnitudeScheduler, PeriodicScheduler
+# Importing learning_rates registers the recipes' schedules for loading .keras files.
+from deat_tf import attacks, learning_rates, models
+from deat_tf.adversarial_model import METHODS, AdversarialModel
+from deat_tf.learning_rates import MinibatchSchedule
+from deat_tf.schedulers import (
+    AccuracyScheduler,
+    IterationScheduler,
+    MagnitudeScheduler,
+    PeriodicScheduler,
+)
 
 __version__ = "0.1.0"
 
@@ -22,5 +28,6 @@ __all__ = [
     "MinibatchSchedule",
     "PeriodicScheduler",
     "attacks",
+    "learning_rates",
     "models",
 ]

@@ -6,27 +6,8 @@ Wrap any classifier network that maps images in [0, 1] to logits:
     model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
     model.fit(dataset, epochs=50, callbacks=[deat_tf.MagnitudeScheduler()])
 
-Methods (ALGORITHM.md sections 1, 4 and 5):
-
-- "deat": FREE-style replays. Each minibatch starts from a random perturbation
-  and is replayed `attack_steps` (r) times; every replay is ONE forward and ONE
-  backward pass in training mode, whose gradients move the perturbation one
-  signed step and the weights one optimizer update. A callback (usually
-  `MagnitudeScheduler`) raises r between epochs.
-- "free": the same loop with a fixed replay count m (FREE-m, Shafahi et al.).
-- "pgd": `attack_steps` (K) PGD steps from a uniform random start, then one
-  update on the result (Madry et al.). K = 0 trains on the random start.
-- "fgsm_rs": a uniform random start, one FGSM step, one update (Wong et al.).
-- "trades": K-step PGD on KL(f(x) || f(x_adv)) from x + 0.001 N(0, 1), then one
-  update on CE(f(x), y) + beta KL(f(x) || f(x_adv)) (Zhang et al. 2019).
-- "mart": K-step CE PGD, then one update on the boosted CE of f(x_adv) plus
-  beta KL(f(x) || f(x_adv)) (1 - p_y(x)) (Wang et al. 2020).
-- "none": clean training, the baseline for cost ratios.
-
-"pgd", "trades" and "mart" with `MagnitudeScheduler` are M+PGD, M+TRADES and
-M+MART: K starts at 0 and rises by the same rule as r.
-
-How one minibatch flows, for "deat" with r replays:
+The methods and their defaults are rows of `deat_tf.methods`. One minibatch of
+"deat" with r replays:
 
     x_adv = project(x + initial_perturbation)              # fresh each minibatch
     repeat r times:
@@ -36,83 +17,24 @@ How one minibatch flows, for "deat" with r replays:
         optimizer.apply(g_theta)                           # one update per replay
     grad_magnitude += sum |g_x * input_std|                # from the last replay
 
-Design choices worth knowing:
-
-- The replay count r is a Python int baked into the traced step: an optimizer
-  update inside TF control flow fails under `MirroredStrategy`. Setting
-  `model.attack_steps` rebuilds the train function (one retrace per change).
-  For "pgd" the K-step attack has no updates, so it runs in a `tf.while_loop`
-  reading K from a variable: changing K does not retrace.
-- The attack passes of "pgd" and "fgsm_rs" run the network in training mode
-  (batch statistics, like the training forward they attack) through
-  `stateless_call`, so they do not update BatchNorm moving statistics; only
-  the forward of the parameter update does. Replays of "deat"/"free" are
-  training forwards and update them, as in the reference code.
-- Learning-rate schedules are evaluated at the minibatch count, not at
-  `optimizer.iterations`: with r replays the optimizer makes r updates per
-  minibatch, and milestones are defined in minibatches (ALGORITHM.md section 1).
-- `l2_weight_decay` is PyTorch-style coupled L2 (added to the gradient before
-  momentum), the regularisation the published recipes use.
-- `grad_magnitude` is the epoch SUM of the L1 norm of the loss gradient w.r.t.
-  the input at the last replay / final adversarial example, multiplied by the
-  per-channel std of the network's input normalisation (the gradient w.r.t.
-  the normalised input, as in the authors' code).
-- Random starts depend on (seed, minibatch count) only: every replica draws
-  the start of the global batch and takes its slice, so training with 1 or N
-  replicas sees the same starts.
-- The schedule state (iteration count, threshold, epochs seen) and the
-  minibatch count are variables of this model, so they are saved and restored
-  with it (`.keras` files and checkpoints).
+"pgd", "trades" and "mart" run `attacks.pgd_loop` for K steps (no updates,
+no BatchNorm updates), then one update whose backward also gives g_x.
+README.md ("Design decisions that change results") explains the choices that
+matter: unrolled replays, learning rates keyed on minibatches, coupled L2,
+BatchNorm during attacks, distribution; docs/algorithm.md the algorithm.
 """
 
 import math
 
 import keras
-import numpy as np
 import tensorflow as tf
 
-from deat_tf import attacks
+from deat_tf import attacks, checks, losses, methods
+from deat_tf.learning_rates import MinibatchSchedule
 from deat_tf.models import find_input_std
 
-METHODS = ("deat", "free", "pgd", "trades", "mart", "fgsm_rs", "none")
-REPLAY_METHODS = ("deat", "free")
-ATTACK_THEN_UPDATE_METHODS = ("pgd", "trades", "mart")
+METHODS = methods.NAMES
 STEP_SIZE_RULES = ("constant", "max_epsilon_over_steps")
-
-_DEFAULT_ATTACK_STEPS = {"deat": 1, "free": 8, "pgd": 7, "trades": 10, "mart": 10, "fgsm_rs": 1, "none": 0}
-_MINIMUM_ATTACK_STEPS = {"deat": 1, "free": 1, "pgd": 0, "trades": 0, "mart": 0}
-# TRADES starts its attack next to x, as in its reference code.
-_TRADES_INITIALIZATION = ("normal", 0.001)
-
-
-@keras.saving.register_keras_serializable(package="deat_tf")
-class MinibatchSchedule(keras.optimizers.schedules.LearningRateSchedule):
-    """Evaluates a learning-rate schedule at the minibatch count of a model.
-
-    `AdversarialModel.compile` wraps the optimizer's schedule in this class, so
-    that r optimizer updates per minibatch do not advance the schedule r times.
-
-    Args:
-        schedule: The wrapped `LearningRateSchedule`, keyed on minibatches.
-        counter: The variable holding the number of minibatches trained; without
-            it (a freshly deserialised optimizer) the optimizer step is used
-            until `AdversarialModel.compile` attaches the model's counter.
-    """
-
-    def __init__(self, schedule, counter=None):
-        self.schedule = schedule
-        self.counter = counter
-
-    def __call__(self, step):
-        position = step if self.counter is None else self.counter.value
-        return self.schedule(position)
-
-    def get_config(self):
-        return {"schedule": keras.saving.serialize_keras_object(self.schedule)}
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(keras.saving.deserialize_keras_object(config["schedule"]))
 
 
 class _CarriedPerturbation:
@@ -141,9 +63,9 @@ class AdversarialModel(keras.Model):
             mart). Defaults: deat 1, free 8, pgd 7, trades and mart 10; fgsm_rs
             is always 1 and none always 0.
         initialization: Random start of the perturbation: "uniform", "normal",
-            "bernoulli" or "zero". Defaults to "uniform" ("normal" for trades).
-        initialization_scale: Size tau of the random start; defaults to epsilon
-            (0.001 for trades).
+            "bernoulli" or "zero". Defaults to the method's (`deat_tf.methods`).
+        initialization_scale: Size tau of the random start; defaults to the
+            method's (epsilon, or 0.001 for trades).
         carry_perturbation: deat/free only. Keep one perturbation buffer that
             carries over from minibatch to minibatch, clipped to [-epsilon,
             epsilon] only (original FREE, the ImageNet recipe); it starts at zero.
@@ -185,47 +107,42 @@ class AdversarialModel(keras.Model):
         super().__init__(**kwargs)
         if not isinstance(network, keras.layers.Layer):
             raise ValueError(f"network must be a Keras model returning logits, got {network!r}.")
-        self.method = attacks.check_choice(method, METHODS, "method")
-        self.epsilon = attacks.check_epsilon(epsilon)
+        self._method = methods.get(method)
+        self.method = self._method.name
+        self.epsilon = checks.check_epsilon(epsilon)
         self.step_size = self._resolve_step_size(step_size)
-        if initialization is None:
-            initialization = _TRADES_INITIALIZATION[0] if self.method == "trades" else "uniform"
-        self.initialization = attacks.check_choice(
-            initialization, attacks.INITIALIZATIONS, "initialization"
+        self.initialization = checks.check_choice(
+            initialization or self._method.initialization, attacks.INITIALIZATIONS, "initialization"
         )
         if initialization_scale is None:
-            initialization_scale = _TRADES_INITIALIZATION[1] if self.method == "trades" else self.epsilon
+            initialization_scale = self._method.initialization_scale or self.epsilon
         else:
-            initialization_scale = attacks.check_positive(initialization_scale, "initialization_scale")
-        self.initialization_scale = float(initialization_scale)
-        self.beta = float(beta)
-        if not self.beta >= 0.0:
-            raise ValueError(f"beta must be >= 0, got {beta}.")
-        if carry_perturbation and method not in REPLAY_METHODS:
-            raise ValueError(
-                f"carry_perturbation applies to methods {', '.join(REPLAY_METHODS)} only, "
-                f"got method={method!r}."
+            initialization_scale = checks.check_positive(
+                initialization_scale, "initialization_scale"
             )
+        self.initialization_scale = float(initialization_scale)
+        self.beta = checks.check_nonnegative(beta, "beta")
+        methods.check_carry(carry_perturbation, self.method)
         self.carry_perturbation = bool(carry_perturbation)
-        self.step_size_rule = attacks.check_choice(step_size_rule, STEP_SIZE_RULES, "step_size_rule")
-        self.l2_weight_decay = float(l2_weight_decay)
-        if not self.l2_weight_decay >= 0.0:
-            raise ValueError(f"l2_weight_decay must be >= 0, got {l2_weight_decay}.")
+        self.step_size_rule = checks.check_choice(step_size_rule, STEP_SIZE_RULES, "step_size_rule")
+        self.l2_weight_decay = checks.check_nonnegative(l2_weight_decay, "l2_weight_decay")
         self.input_std_setting = input_std
         self._input_std = self._resolve_input_std(network, input_std)
-        self.validation_attack_steps = attacks.check_count(
+        self.validation_attack_steps = checks.check_count(
             validation_attack_steps, "validation_attack_steps", 0
         )
         if validation_step_size is None:
-            validation_step_size = 2.5 * self.epsilon / max(self.validation_attack_steps, 1)
+            validation_step_size = attacks.default_step_size(
+                self.epsilon, self.validation_attack_steps
+            )
+        elif self.validation_attack_steps and self.epsilon > 0:
+            checks.check_positive(validation_step_size, "validation_step_size")
         self.validation_step_size = float(validation_step_size)
-        if self.validation_attack_steps and self.epsilon > 0:
-            attacks.check_positive(validation_step_size, "validation_step_size")
-        self.seed = attacks.check_count(seed, "seed", 0)
+        self.seed = checks.check_count(seed, "seed", 0)
         self.network = network
 
         initial_steps = self._check_attack_steps(
-            _DEFAULT_ATTACK_STEPS[self.method] if attack_steps is None else attack_steps
+            self._method.default_steps if attack_steps is None else attack_steps
         )
         self._attack_steps_variable = keras.Variable(
             initial_steps, dtype="int32", trainable=False, name="attack_steps"
@@ -256,35 +173,36 @@ class AdversarialModel(keras.Model):
 
     def _resolve_step_size(self, step_size):
         if step_size is None:
-            fraction = 0.25 if self.method in ATTACK_THEN_UPDATE_METHODS else 1.25
-            return fraction * self.epsilon
-        if self.epsilon == 0.0 and float(step_size) == 0.0:
+            return self._method.step_size_factor * self.epsilon
+        if self.epsilon == 0.0 and not isinstance(step_size, bool) and step_size == 0:
             return 0.0
-        return attacks.check_positive(step_size, "step_size")
+        return checks.check_positive(step_size, "step_size")
 
     @staticmethod
     def _resolve_input_std(network, input_std):
         if isinstance(input_std, str):
             if input_std != "auto":
-                raise ValueError(f"input_std must be 'auto', a number or a sequence, got {input_std!r}.")
+                raise ValueError(
+                    f"input_std must be 'auto', a number or a sequence, got {input_std!r}."
+                )
             found = find_input_std(network)
             return None if found is None else tuple(found)
         if input_std is None:
             return None
         values = (input_std,) if isinstance(input_std, (int, float)) else tuple(input_std)
-        if not values or any(float(value) <= 0 for value in values):
-            raise ValueError(f"input_std must be > 0 for every channel, got {input_std!r}.")
-        return tuple(float(value) for value in values)
+        if not values:
+            raise ValueError("input_std must hold one value per channel, got an empty sequence.")
+        return tuple(checks.check_positive(value, "input_std") for value in values)
 
     def _check_attack_steps(self, value):
-        if self.method == "fgsm_rs" or self.method == "none":
-            fixed = _DEFAULT_ATTACK_STEPS[self.method]
+        if self._method.fixed_steps:
+            fixed = self._method.default_steps
             if isinstance(value, bool) or value != fixed:
                 raise ValueError(
                     f"attack_steps is fixed at {fixed} for method {self.method!r}, got {value!r}."
                 )
             return fixed
-        return attacks.check_count(value, "attack_steps", _MINIMUM_ATTACK_STEPS[self.method])
+        return checks.check_count(value, "attack_steps", self._method.minimum_steps)
 
     @property
     def attack_steps(self):
@@ -299,9 +217,9 @@ class AdversarialModel(keras.Model):
     def attack_steps(self, value):
         value = self._check_attack_steps(value)
         self._attack_steps_variable.assign(value)
-        if self.method in REPLAY_METHODS and self.train_function is not None:
-            if value != self._traced_steps:
-                self.make_train_function(force=True)
+        traced = self.train_function is not None and value != self._traced_steps
+        if self._method.replays and traced:
+            self.make_train_function(force=True)
 
     @property
     def minibatches(self):
@@ -363,6 +281,7 @@ class AdversarialModel(keras.Model):
         if loss is None:
             loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         super().compile(optimizer=optimizer, loss=loss, **kwargs)
+        # Keras has no public getter for an optimizer's schedule object.
         schedule = getattr(self.optimizer, "_learning_rate", None)
         if isinstance(schedule, MinibatchSchedule):
             schedule.counter = self._minibatch_counter
@@ -421,7 +340,7 @@ class AdversarialModel(keras.Model):
 
     def make_train_function(self, force=False):
         steps = self.attack_steps
-        if self.method in REPLAY_METHODS and steps != self._traced_steps:
+        if self._method.replays and steps != self._traced_steps:
             force = True
         self._traced_steps = steps
         return super().make_train_function(force=force)
@@ -435,10 +354,16 @@ class AdversarialModel(keras.Model):
         to that batch once more (for a large shuffle buffer, a one-off cost of
         filling it).
         """
-        batch = _peek_batch(x, y, batch_size)
+        batch = checks.peek_training_batch(x, y, batch_size)
         if batch is not None:
             images, labels, global_batch = batch
-            _check_batch(images, labels, self._num_classes(images))
+            checks.check_image_arrays(
+                images,
+                labels,
+                "fit(x, y)",
+                allow_uint8=False,
+                num_classes=self._num_classes(images),
+            )
             if self.carry_perturbation:
                 self._prepare_carried_perturbation(global_batch, images.shape[1:])
         elif self.carry_perturbation and self._carried.variable is None:
@@ -476,17 +401,21 @@ class AdversarialModel(keras.Model):
 
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        x = _as_images(x)
+        x = checks.check_image_tensor(x, "images")
         labels = tf.cast(tf.reshape(y, [-1]), tf.int32)
-        if self.method in REPLAY_METHODS:
-            steps, logits, loss, input_gradient = self._replay_step(x, y, labels, sample_weight)
-        elif self.method in ATTACK_THEN_UPDATE_METHODS:
-            steps, logits, loss, input_gradient = self._attack_then_update_step(x, y, labels, sample_weight)
+        if self._method.replays:
+            steps, logits, loss, input_gradient = self._replay_step(x, y, sample_weight)
+        elif self._method.family == "attack_then_update":
+            steps, logits, loss, input_gradient = self._attack_then_update_step(
+                x, y, labels, sample_weight
+            )
         elif self.method == "fgsm_rs":
             steps, logits, loss, input_gradient = self._fgsm_step(x, y, labels, sample_weight)
         else:
             steps = 0
-            logits, loss, _ = self._update(_identity, x, self._cross_entropy_forward(y, sample_weight), False)
+            logits, loss, _ = self._update(
+                _identity, x, self._cross_entropy_forward(y, sample_weight), False
+            )
             input_gradient = None
 
         batch_size = tf.shape(x)[0]
@@ -538,35 +467,35 @@ class AdversarialModel(keras.Model):
     def _cross_entropy_forward(self, y, sample_weight):
         """The forward of the standard update: compiled loss on f(images)."""
 
-        def forward(images):
+        def loss_fn(images):
             logits = self.network(images, training=True)
             loss = self.compute_loss(
                 x=images, y=y, y_pred=logits, sample_weight=sample_weight, training=True
             )
             return logits, loss
 
-        return forward
+        return loss_fn
 
-    def _update(self, to_images, watched, forward, want_input_gradient):
+    def _update(self, to_images, attack_input, loss_fn, want_input_gradient):
         """One forward and one backward in training mode, then one optimizer update.
 
         Args:
-            to_images: Maps the watched tensor to the network input.
-            watched: The tensor whose gradient is returned (x_adv or the carried delta).
-            forward: Maps network input to (logits to score, training loss); the
+            to_images: Maps the attack input to the network input.
+            attack_input: The tensor whose gradient is returned (x_adv or the carried delta).
+            loss_fn: Maps network input to (logits to score, training loss); the
                 loss is already divided by the replica count, as Keras losses are.
-            want_input_gradient: Whether to differentiate w.r.t. `watched` too.
+            want_input_gradient: Whether to differentiate w.r.t. `attack_input` too.
 
         Returns:
-            (logits, loss, gradient w.r.t. watched or None).
+            (logits, loss, gradient w.r.t. attack_input or None).
         """
         variables = self.trainable_variables
         with tf.GradientTape() as tape:
             if want_input_gradient:
-                tape.watch(watched)
-            logits, loss = forward(to_images(watched))
+                tape.watch(attack_input)
+            logits, loss = loss_fn(to_images(attack_input))
             scaled_loss = self.optimizer.scale_loss(loss)
-        targets = list(variables) + ([watched] if want_input_gradient else [])
+        targets = list(variables) + ([attack_input] if want_input_gradient else [])
         gradients = tape.gradient(scaled_loss, targets)
         # Loss scaling (mixed precision) multiplies every gradient by the scale.
         loss_scale = tf.cast(self.optimizer.scale_loss(tf.constant(1.0)), tf.float32)
@@ -581,38 +510,46 @@ class AdversarialModel(keras.Model):
             # Gradients are summed over replicas, so each adds its share of the L2 term.
             coefficient = self.l2_weight_decay / replicas
             gradients = [
-                gradient + tf.cast(coefficient * loss_scale, gradient.dtype) * tf.cast(variable, gradient.dtype)
+                gradient
+                + tf.cast(coefficient * loss_scale, gradient.dtype)
+                * tf.cast(variable, gradient.dtype)
                 for gradient, variable in zip(gradients, variables)
             ]
         self.optimizer.apply(gradients, variables)
         return logits, loss, input_gradient
 
-    def _replay_step(self, x, y, labels, sample_weight):
+    def _replay_step(self, x, y, sample_weight):
         replays = self._traced_steps if self._traced_steps is not None else self.attack_steps
         step_size = self.replay_step_size(replays)
         if self.carry_perturbation:
             buffer = self._carried.variable
             if buffer is None:
-                raise ValueError("carry_perturbation: call fit() so the perturbation buffer is created.")
+                raise ValueError(
+                    "carry_perturbation: call fit() so the perturbation buffer is created."
+                )
             batch = tf.shape(x)[0]
             stored = tf.convert_to_tensor(buffer)
-            delta = stored[:batch]
-            watched = delta
-            to_images = lambda delta: tf.clip_by_value(x + delta, 0.0, 1.0)  # noqa: E731
+            attack_input = stored[:batch]
+
+            def to_images(delta):
+                return tf.clip_by_value(x + delta, 0.0, 1.0)
+
         else:
-            watched = self._random_start(x)
+            attack_input = self._random_start(x)
             to_images = _identity
-        forward = self._cross_entropy_forward(y, sample_weight)
+        loss_fn = self._cross_entropy_forward(y, sample_weight)
         for replay in range(replays):
-            logits, loss, gradient = self._update(to_images, watched, forward, True)
+            logits, loss, gradient = self._update(to_images, attack_input, loss_fn, True)
             if self.carry_perturbation:
-                watched = tf.clip_by_value(
-                    watched + step_size * tf.sign(gradient), -self.epsilon, self.epsilon
+                attack_input = tf.clip_by_value(
+                    attack_input + step_size * tf.sign(gradient), -self.epsilon, self.epsilon
                 )
             elif replay + 1 < replays:
-                watched = attacks.project(attacks.signed_step(watched, gradient, step_size), x, self.epsilon)
+                attack_input = attacks.project(
+                    attacks.signed_step(attack_input, gradient, step_size), x, self.epsilon
+                )
         if self.carry_perturbation:
-            buffer.assign(tf.concat([watched, stored[batch:]], axis=0))
+            buffer.assign(tf.concat([attack_input, stored[batch:]], axis=0))
         return replays, logits, loss, gradient
 
     def _attack_logits_function(self):
@@ -637,63 +574,64 @@ class AdversarialModel(keras.Model):
             )
         attack_logits = self._attack_logits_function()
         if self.method == "trades":
-            natural_probabilities = tf.stop_gradient(tf.nn.softmax(tf.cast(attack_logits(x), tf.float32)))
-            attack_loss = lambda logits, _: _kl_divergence(natural_probabilities, logits)  # noqa: E731
-            forward = self._trades_forward(x, y, sample_weight)
+            natural_probabilities = tf.stop_gradient(
+                tf.nn.softmax(tf.cast(attack_logits(x), tf.float32))
+            )
+
+            def attack_loss(logits, _):
+                return losses.kl_divergence(natural_probabilities, logits)
+
+            loss_fn = self._trades_forward(x, y, sample_weight)
         elif self.method == "mart":
             attack_loss = "ce"
-            forward = self._mart_forward(x, labels)
+            loss_fn = self._mart_forward(x, labels)
         else:
             attack_loss = "ce"
-            forward = self._cross_entropy_forward(y, sample_weight)
+            loss_fn = self._cross_entropy_forward(y, sample_weight)
         start = self._random_start(x)
-        x_adv = attacks.pgd_loop(attack_logits, x, labels, start, self.epsilon, step_size, steps, attack_loss)
+        x_adv = attacks.pgd_loop(
+            attack_logits, x, labels, start, self.epsilon, step_size, steps, attack_loss
+        )
         x_adv = tf.stop_gradient(x_adv)
-        logits, loss, gradient = self._update(_identity, x_adv, forward, True)
+        logits, loss, gradient = self._update(_identity, x_adv, loss_fn, True)
         return steps, logits, loss, gradient
 
     def _trades_forward(self, x, y, sample_weight):
         """CE(f(x), y) + beta * KL(f(x) || f(x_adv)), KL summed over classes, batch mean."""
 
-        def forward(x_adv):
+        def loss_fn(x_adv):
             natural_logits = self.network(x, training=True)
             adversarial_logits = self.network(x_adv, training=True)
             natural_loss = self.compute_loss(
                 x=x, y=y, y_pred=natural_logits, sample_weight=sample_weight, training=True
             )
             natural_probabilities = tf.nn.softmax(tf.cast(natural_logits, tf.float32))
-            robust_loss = tf.reduce_mean(_kl_divergence(natural_probabilities, adversarial_logits))
+            robust_loss = tf.reduce_mean(
+                losses.kl_divergence(natural_probabilities, adversarial_logits)
+            )
             return adversarial_logits, natural_loss + self.beta * _per_replica_share(robust_loss)
 
-        return forward
+        return loss_fn
 
     def _mart_forward(self, x, labels):
         """MART: boosted CE on f(x_adv) + beta * KL(f(x) || f(x_adv)) * (1 - p_y(x))."""
 
-        def forward(x_adv):
-            natural_logits = tf.cast(self.network(x, training=True), tf.float32)
+        def loss_fn(x_adv):
+            natural_logits = self.network(x, training=True)
             adversarial_logits = self.network(x_adv, training=True)
-            logits = tf.cast(adversarial_logits, tf.float32)
-            adversarial_probabilities = tf.nn.softmax(logits)
-            # The most likely wrong class under attack.
-            top_two = tf.math.top_k(adversarial_probabilities, k=2).indices
-            wrong = tf.where(tf.equal(top_two[:, 0], labels), top_two[:, 1], top_two[:, 0])
-            wrong_probability = tf.gather(adversarial_probabilities, wrong, batch_dims=1)
-            boosted_cross_entropy = tf.nn.sparse_softmax_cross_entropy_with_logits(
-                labels=labels, logits=logits
-            ) - tf.math.log(1.0001 - wrong_probability + 1e-12)
-            natural_probabilities = tf.nn.softmax(natural_logits)
-            true_probability = tf.gather(natural_probabilities, labels, batch_dims=1)
-            robust = _kl_divergence(natural_probabilities, logits) * (1.0000001 - true_probability)
-            loss = tf.reduce_mean(boosted_cross_entropy) + self.beta * tf.reduce_mean(robust)
+            loss = tf.reduce_mean(
+                losses.mart_loss(natural_logits, adversarial_logits, labels, self.beta)
+            )
             regularization = tf.add_n(self.losses) if self.losses else 0.0
             return adversarial_logits, _per_replica_share(loss + regularization)
 
-        return forward
+        return loss_fn
 
     def _fgsm_step(self, x, y, labels, sample_weight):
         start = self._random_start(x)
-        _, _, gradient = attacks.loss_and_gradient(self._attack_logits_function(), start, labels, "ce")
+        _, _, gradient = attacks.loss_and_gradient(
+            self._attack_logits_function(), start, labels, "ce"
+        )
         x_adv = tf.stop_gradient(
             attacks.project(attacks.signed_step(start, gradient, self.step_size), x, self.epsilon)
         )
@@ -706,10 +644,14 @@ class AdversarialModel(keras.Model):
 
     def test_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        x = _as_images(x)
+        x = checks.check_image_tensor(x, "images")
         logits = self.network(x, training=False)
-        loss = self.compute_loss(x=x, y=y, y_pred=logits, sample_weight=sample_weight, training=False)
-        self._loss_metric.update_state(_unscale_for_distribution(loss), sample_weight=tf.shape(x)[0])
+        loss = self.compute_loss(
+            x=x, y=y, y_pred=logits, sample_weight=sample_weight, training=False
+        )
+        self._loss_metric.update_state(
+            _unscale_for_distribution(loss), sample_weight=tf.shape(x)[0]
+        )
         self._clean_accuracy.update_state(y, logits, sample_weight=sample_weight)
         if self.validation_attack_steps:
             labels = tf.cast(tf.reshape(y, [-1]), tf.int32)
@@ -761,12 +703,6 @@ def _identity(images):
     return images
 
 
-def _kl_divergence(probabilities, logits):
-    """Per-example KL(p || softmax(logits)), summed over classes."""
-    log_q = tf.nn.log_softmax(tf.cast(logits, tf.float32))
-    return tf.reduce_sum(tf.math.xlogy(probabilities, probabilities) - probabilities * log_q, axis=-1)
-
-
 def _per_replica_share(loss):
     """Divides a batch-mean loss by the replica count, as Keras losses do,
     so that gradients summed over replicas are those of the global mean."""
@@ -778,72 +714,3 @@ def _unscale_for_distribution(loss):
     """Keras losses divide by the replica count; the logged loss should not."""
     replicas = tf.distribute.get_strategy().num_replicas_in_sync
     return loss * tf.cast(replicas, loss.dtype) if replicas > 1 else loss
-
-
-def _as_images(x):
-    if isinstance(x, (dict, list, tuple)):
-        raise ValueError("AdversarialModel expects a single image tensor as input, not a structure.")
-    if x.shape.rank is not None and x.shape.rank != 4:
-        raise ValueError(
-            f"images must be a 4-D batch [batch, height, width, channels], got shape {x.shape}."
-        )
-    if not x.dtype.is_floating:
-        raise ValueError(
-            f"images must be floats scaled to [0, 1], got dtype {x.dtype.name} "
-            "(convert with tf.cast(images, tf.float32) / 255)."
-        )
-    return tf.cast(x, tf.float32)
-
-
-def _peek_batch(x, y, batch_size):
-    """Returns (images, labels, global batch size) for checking, or None if x is opaque.
-
-    Arrays are returned whole (cheap to check fully); a dataset gives its first batch.
-    """
-    if isinstance(x, tf.data.Dataset):
-        for element in x.take(1):
-            images, labels, _ = keras.utils.unpack_x_y_sample_weight(element)
-            if labels is None:
-                raise ValueError("the dataset must yield (images, labels) pairs.")
-            images = np.asarray(images)
-            return images, np.asarray(labels), images.shape[0] if images.ndim else 0
-        raise ValueError("the training dataset is empty.")
-    if isinstance(x, (np.ndarray, tf.Tensor)):
-        if y is None:
-            raise ValueError("y (labels) is required when x is an array of images.")
-        images = np.asarray(x)
-        # Keras' default batch size for arrays is 32.
-        return images, np.asarray(y), min(batch_size or 32, images.shape[0] if images.ndim else 0)
-    return None
-
-
-def _check_batch(images, labels, num_classes):
-    if images.ndim != 4:
-        raise ValueError(
-            f"x must be a 4-D batch of images [batch, height, width, channels], got shape "
-            f"{images.shape}."
-        )
-    if not np.issubdtype(images.dtype, np.floating):
-        raise ValueError(
-            f"x must hold floats scaled to [0, 1], got dtype {images.dtype} "
-            "(divide uint8 images by 255)."
-        )
-    low, high = float(images.min()), float(images.max())
-    if low < 0.0 or high > 1.0:
-        raise ValueError(
-            f"x must be scaled to [0, 1] (epsilon is in pixel units), got values in "
-            f"[{low:.4g}, {high:.4g}]."
-        )
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"y must hold integer class labels, got dtype {labels.dtype}.")
-    flat = labels.reshape(-1)
-    if flat.shape[0] != images.shape[0]:
-        raise ValueError(
-            f"y must hold one label per image: {images.shape[0]} images, labels of shape "
-            f"{labels.shape}."
-        )
-    if num_classes is not None and flat.size and (flat.min() < 0 or flat.max() >= num_classes):
-        raise ValueError(
-            f"y must be class labels in [0, {num_classes - 1}] (the network has {num_classes} "
-            f"outputs), got values in [{flat.min()}, {flat.max()}]."
-        )

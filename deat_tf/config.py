@@ -1,4 +1,4 @@
-"""Training configuration: one dataclass, recipe files and command-line overrides.
+"""Training configuration: one dataclass, recipe files and their variants.
 
 A recipe is a Python file in `configs/` with a `get_config()` that returns a
 `TrainConfig`; its docstring says what it reproduces. Variants load their base
@@ -9,23 +9,28 @@ recipe and change a few fields:
     def get_config():
         return config.replace(config.load_sibling(__file__, "cifar10_deat"), method="pgd")
 
-`bin/train` defines one flag per field (generated from the dataclass), so
-every field can be overridden: `--epochs=3 --method=pgd --epsilon=8/255
---lr_boundaries=10,17 --step_size=none`. Numbers accept fractions (8/255),
-optional fields accept "none", tuples are comma-separated and booleans are
-`--jit_compile` / `--nojit_compile`.
+A `TrainConfig` checks the type of every field and the rules that tie fields
+together (a scheduler needs a method whose count it may change; a carried
+perturbation needs a method that replays minibatches), so a bad combination
+fails before any data is read. Each value's range is checked by the code that
+owns it (`AdversarialModel` for epsilon, `make_optimizer` for the learning
+rate, ...), which `train.prepare` builds before anything is downloaded or written.
+
+`bin/train` (`deat_tf.cli`) turns command-line text into field values:
+`--epochs=3 --epsilon=8/255 --lr_boundaries=10,17 --step_size=none`.
+This is what `ml_collections.config_flags` would give, but its overrides are
+spelled `--config.epsilon=...` and it has no fractions or "none"; the flags
+`--FIELD=VALUE` are the documented interface, so the dataclass stays.
 """
 
 import dataclasses
-import fractions
 import importlib.util
 import json
 import os
+import types
 import typing
 
-
-class ConfigError(ValueError):
-    """The configuration or the command line is unusable; the message says how to fix it."""
+from deat_tf import methods
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,23 +105,23 @@ class TrainConfig:
     """
 
     dataset: str = "mnist_sample"
-    data_dir: typing.Optional[str] = None
-    manual_dir: typing.Optional[str] = None
+    data_dir: str | None = None
+    manual_dir: str | None = None
     download: bool = True
     validation_size: int = 1000
-    image_size: typing.Optional[int] = None
+    image_size: int | None = None
     augmentation: str = "auto"
     shuffle_buffer: int = 10_000
     deterministic: bool = False
 
     model: str = "mnist_cnn"
-    model_width: typing.Optional[int] = None
+    model_width: int | None = None
 
     method: str = "deat"
     epsilon: float = 0.3
-    step_size: typing.Optional[float] = None
-    attack_steps: typing.Optional[int] = None
-    initialization: typing.Optional[str] = None
+    step_size: float | None = None
+    attack_steps: int | None = None
+    initialization: str | None = None
     beta: float = 6.0
     carry_perturbation: bool = False
     step_size_rule: str = "constant"
@@ -128,23 +133,23 @@ class TrainConfig:
 
     epochs: int = 10
     batch_size: int = 128
-    steps_per_epoch: typing.Optional[int] = None
+    steps_per_epoch: int | None = None
     optimizer: str = "sgd"
     learning_rate: float = 0.05
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 5e-4
     lr_schedule: str = "multistep"
-    lr_boundaries: typing.Tuple[float, ...] = (0.5, 0.8)
+    lr_boundaries: tuple[float, ...] = (0.5, 0.8)
     lr_decay: float = 0.1
     lr_peak: float = 0.4
 
     validation_attack_steps: int = 10
-    validation_step_size: typing.Optional[float] = None
-    evaluation_batch_size: typing.Optional[int] = None
+    validation_step_size: float | None = None
+    evaluation_batch_size: int | None = None
     test_attack_steps: int = 20
-    test_step_size: typing.Optional[float] = None
-    test_examples: typing.Optional[int] = None
+    test_step_size: float | None = None
+    test_examples: int | None = None
     train_accuracy_examples: int = 1000
 
     strategy: str = "auto"
@@ -152,11 +157,19 @@ class TrainConfig:
     seed: int = 0
     progress_bar: bool = True
 
+    def __post_init__(self):
+        for field in dataclasses.fields(self):
+            object.__setattr__(self, field.name, _check_type(field.name, getattr(self, field.name)))
+        methods.check_scheduler(self.scheduler, self.method)
+        methods.check_carry(self.carry_perturbation, self.method)
+
     def to_dict(self):
         """The configuration as a JSON-ready dict (tuples become lists)."""
         return {
             field.name: list(value) if isinstance(value, tuple) else value
-            for field, value in ((field, getattr(self, field.name)) for field in dataclasses.fields(self))
+            for field, value in (
+                (field, getattr(self, field.name)) for field in dataclasses.fields(self)
+            )
         }
 
 
@@ -174,19 +187,20 @@ def replace(config, **changes):
         A new `TrainConfig`.
 
     Raises:
-        ConfigError: For an unknown field or a value of the wrong type.
+        ValueError: For an unknown field, a value of the wrong type, or a
+            combination of fields that cannot work together.
     """
-    for name, value in changes.items():
-        if name not in FIELDS:
-            raise ConfigError(f"unknown config field {name!r}; fields are {', '.join(FIELDS)}.")
-        changes[name] = _check_type(name, value)
+    unknown = [name for name in changes if name not in FIELDS]
+    if unknown:
+        raise ValueError(f"unknown config field {unknown[0]!r}; fields are {', '.join(FIELDS)}.")
     return dataclasses.replace(config, **changes)
 
 
-def _field_kind(name):
-    """(base type, optional) of a field."""
-    annotation = FIELDS[name].type
-    optional = typing.get_origin(annotation) is typing.Union and type(None) in typing.get_args(annotation)
+def field_kind(name):
+    """(base type, optional) of a config field: int, float, bool, str or tuple."""
+    annotation = typing.get_type_hints(TrainConfig)[name]
+    union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    optional = union and type(None) in typing.get_args(annotation)
     if optional:
         annotation = next(arg for arg in typing.get_args(annotation) if arg is not type(None))
     if typing.get_origin(annotation) is tuple:
@@ -195,81 +209,32 @@ def _field_kind(name):
 
 
 def _check_type(name, value):
-    kind, optional = _field_kind(name)
+    kind, optional = field_kind(name)
     if value is None:
         if optional:
             return None
-        raise ConfigError(f"config field {name} cannot be None.")
+        raise ValueError(f"config field {name} cannot be None.")
     if kind is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"config field {name} must be true or false, got {value!r}.")
+            raise ValueError(f"config field {name} must be true or false, got {value!r}.")
         return value
     if kind is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"config field {name} must be an integer, got {value!r}.")
+            raise ValueError(f"config field {name} must be an integer, got {value!r}.")
         return value
     if kind is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"config field {name} must be a number, got {value!r}.")
+            raise ValueError(f"config field {name} must be a number, got {value!r}.")
         return float(value)
     if kind is tuple:
         if not isinstance(value, (tuple, list)) or any(
             isinstance(item, bool) or not isinstance(item, (int, float)) for item in value
         ):
-            raise ConfigError(f"config field {name} must be a sequence of numbers, got {value!r}.")
+            raise ValueError(f"config field {name} must be a sequence of numbers, got {value!r}.")
         return tuple(float(item) for item in value)
     if not isinstance(value, str):
-        raise ConfigError(f"config field {name} must be a string, got {value!r}.")
+        raise ValueError(f"config field {name} must be a string, got {value!r}.")
     return value
-
-
-def parse_number(text, name):
-    """Parses a number written as 0.03, 3e-2 or 8/255.
-
-    Args:
-        text: The text.
-        name: The field name for the error message.
-
-    Returns:
-        A float.
-    """
-    try:
-        return float(fractions.Fraction(text.strip()))
-    except (ValueError, ZeroDivisionError):
-        raise ConfigError(f"--{name} must be a number (e.g. 0.03 or 8/255), got {text!r}.") from None
-
-
-def parse_value(name, text):
-    """Converts a command-line string to the type of config field `name`.
-
-    Args:
-        name: The field name.
-        text: The flag's text ("none" clears an optional field).
-
-    Returns:
-        The typed value.
-    """
-    kind, optional = _field_kind(name)
-    if optional and text.strip().lower() in ("none", "null", ""):
-        return None
-    if kind is int:
-        try:
-            return int(text)
-        except ValueError:
-            raise ConfigError(f"--{name} must be an integer, got {text!r}.") from None
-    if kind is float:
-        return parse_number(text, name)
-    if kind is tuple:
-        items = [item for item in text.split(",") if item.strip()]
-        return tuple(parse_number(item, name) for item in items)
-    if kind is bool:
-        lowered = text.strip().lower()
-        if lowered in ("true", "1", "yes"):
-            return True
-        if lowered in ("false", "0", "no"):
-            return False
-        raise ConfigError(f"--{name} must be true or false, got {text!r}.")
-    return text
 
 
 def load_file(path):
@@ -283,12 +248,12 @@ def load_file(path):
         A `TrainConfig`.
 
     Raises:
-        ConfigError: If the file is missing or does not define a valid recipe.
+        ValueError: If the file is missing or does not define a valid recipe.
     """
     path = os.path.expanduser(path)
     if not os.path.isfile(path):
-        raise ConfigError(
-            f"config file {path} does not exist; pass --config=configs/NAME.py (e.g. configs/mnist_demo.py)."
+        raise ValueError(
+            f"config file {path} does not exist; pass a recipe such as configs/mnist_demo.py."
         )
     if path.endswith(".json"):
         return _load_json(path)
@@ -297,15 +262,21 @@ def load_file(path):
     module = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(module)
-    except ConfigError:
+    except ValueError:
         raise
     except Exception as error:  # noqa: BLE001 - a broken recipe is a usage error
-        raise ConfigError(f"config file {path} failed to load: {type(error).__name__}: {error}") from error
+        raise ValueError(
+            f"config file {path} failed to load: {type(error).__name__}: {error}"
+        ) from error
     if not hasattr(module, "get_config"):
-        raise ConfigError(f"config file {path} must define get_config() returning a deat_tf.config.TrainConfig.")
+        raise ValueError(
+            f"config file {path} must define get_config() returning a deat_tf.config.TrainConfig."
+        )
     result = module.get_config()
     if not isinstance(result, TrainConfig):
-        raise ConfigError(f"get_config() in {path} returned {type(result).__name__}, not a TrainConfig.")
+        raise ValueError(
+            f"get_config() in {path} returned {type(result).__name__}, not a TrainConfig."
+        )
     return result
 
 
@@ -314,9 +285,9 @@ def _load_json(path):
         with open(path) as stream:
             values = json.load(stream)
     except (OSError, ValueError) as error:
-        raise ConfigError(f"config file {path} is not readable JSON ({error}).") from None
+        raise ValueError(f"config file {path} is not readable JSON ({error}).") from None
     if not isinstance(values, dict):
-        raise ConfigError(f"config file {path} must hold a JSON object of config fields.")
+        raise ValueError(f"config file {path} must hold a JSON object of config fields.")
     return replace(TrainConfig(), **values)
 
 
@@ -331,50 +302,3 @@ def load_sibling(this_file, name):
         A `TrainConfig`.
     """
     return load_file(os.path.join(os.path.dirname(os.path.abspath(this_file)), f"{name}.py"))
-
-
-# ------------------------------------------------------------------- flags
-
-
-def define_flags(flag_values):
-    """Defines --config, --workdir and one override flag per config field.
-
-    Args:
-        flag_values: An `absl.flags.FlagValues` (usually `absl.flags.FLAGS`).
-    """
-    from absl import flags
-
-    flags.DEFINE_string("config", None, "Recipe file, e.g. configs/mnist_demo.py.", flag_values=flag_values)
-    flags.DEFINE_string(
-        "workdir", None, "Output folder (created; must not hold an earlier run).", flag_values=flag_values
-    )
-    for name in FIELDS:
-        kind, optional = _field_kind(name)
-        default = getattr(TrainConfig, name)
-        help_text = f"Override {name} (default {default!r}{', none clears it' if optional else ''})."
-        if kind is bool:
-            flags.DEFINE_boolean(name, None, help_text, flag_values=flag_values)
-        else:
-            flags.DEFINE_string(name, None, help_text, flag_values=flag_values)
-
-
-def from_flags(flag_values):
-    """Builds the config of a run: the recipe file, then each flag that was given.
-
-    Args:
-        flag_values: Parsed `FlagValues` on which `define_flags` was called.
-
-    Returns:
-        A `TrainConfig`.
-
-    Raises:
-        ConfigError: For a missing recipe or a malformed override.
-    """
-    config = load_file(flag_values.config) if flag_values.config else TrainConfig()
-    changes = {}
-    for name in FIELDS:
-        value = flag_values[name].value
-        if value is None:
-            continue
-        changes[name] = value if isinstance(value, bool) else parse_value(name, value)
-    return replace(config, **changes)

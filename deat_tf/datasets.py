@@ -2,7 +2,7 @@
 
 Every pipeline yields `(images, labels)` with float32 images in [0, 1] and
 int64 labels, so the attack budget epsilon is in pixel units; normalisation
-lives inside the networks (`models.Standardize`).
+lives inside the networks (`models.Standardize`), with the constants below.
 
     pipelines = datasets.get_pipelines("cifar10", batch_size=128, validation_size=1000)
     model.fit(pipelines.train, steps_per_epoch=pipelines.steps_per_epoch,
@@ -23,23 +23,14 @@ The validation split is carved from the END of the training split (the last
 `validation_size` examples, never the test split) and used for checkpoint
 selection. The training pipeline repeats forever; each epoch is
 `steps_per_epoch` full batches, so every epoch has the same number of
-minibatches, which the M+ rule assumes when it compares epoch sums.
+minibatches, which the M+ rule assumes when it compares epoch sums. The test
+split is read by `evaluation_split`, for `deat_tf.evaluation`.
 
-Augmentations (`augmentation`):
-
-- "none": images as they are (MNIST);
-- "crop_flip": zero-pad 4 pixels, random crop back to the original size,
-  random horizontal flip (the CIFAR recipes);
-- "random_resized_crop_flip": a random crop covering 8%-100% of the area with
-  aspect ratio 3/4-4/3, resized to `image_size`, random flip (ImageNet
-  training). Evaluation then resizes the shorter side to image_size * 256/224
-  and takes the central image_size square ("resize 256, center crop 224").
-- "auto": the dataset's recipe default (listed in `DATASETS`).
-
-Random augmentations use stateless ops seeded by (seed, position of the
-example in the training stream), so they do not depend on how many threads
-run the map; `deterministic=True` also keeps the training element order
-fixed. Validation and test pipelines always keep their order.
+Augmentations are listed in `deat_tf.preprocessing`; "auto" picks the
+dataset's recipe default (in `DATASETS`). Random augmentations use stateless
+ops seeded by (seed, position of the example in the training stream), so they
+do not depend on how many threads run the map; `deterministic=True` also keeps
+the training element order fixed. Evaluation pipelines always keep their order.
 """
 
 import dataclasses
@@ -48,24 +39,25 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from deat_tf import models
+from deat_tf import checks, preprocessing
 
 MNIST_SAMPLE_PATH = os.path.join(os.path.dirname(__file__), "data", "mnist-10k.npz")
 
-AUGMENTATIONS = ("auto", "none", "crop_flip", "random_resized_crop_flip")
+# Per-channel mean and std of the training images in [0, 1]; the networks
+# standardise with them. MNIST networks train on raw pixels, as the fast-AT papers do.
+MNIST_MEAN = (0.0,)
+MNIST_STD = (1.0,)
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2471, 0.2435, 0.2616)
+CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
+CIFAR100_STD = (0.2673, 0.2564, 0.2762)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+AUGMENTATIONS = ("auto",) + preprocessing.AUGMENTATIONS
 ARRAY_KEYS = ("x_train", "y_train", "x_test", "y_test")
 IMAGENET_MANUAL_FILES = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")
-
-# ImageNet evaluation resizes to 256 before a 224 crop; other crop sizes keep the ratio.
-_IMAGENET_RESIZE_RATIO = 256 / 224
-_CROP_PADDING = 4
-_RANDOM_CROP_AREA = (0.08, 1.0)
-_RANDOM_CROP_ASPECT = (3 / 4, 4 / 3)
 _AUTOTUNE = tf.data.AUTOTUNE
-
-
-class DatasetError(ValueError):
-    """A dataset cannot be used as asked (unknown name, missing files, bad arrays)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,23 +90,41 @@ class DatasetSpec:
 
 
 DATASETS = {
-    "mnist": DatasetSpec(
-        "mnist", 10, (28, 28, 1), models.MNIST_MEAN, models.MNIST_STD, 60_000, 10_000
-    ),
+    "mnist": DatasetSpec("mnist", 10, (28, 28, 1), MNIST_MEAN, MNIST_STD, 60_000, 10_000),
     "mnist_sample": DatasetSpec(
-        "mnist_sample", 10, (28, 28, 1), models.MNIST_MEAN, models.MNIST_STD, 8_000, 2_000
+        "mnist_sample", 10, (28, 28, 1), MNIST_MEAN, MNIST_STD, 8_000, 2_000
     ),
     "cifar10": DatasetSpec(
-        "cifar10", 10, (32, 32, 3), models.CIFAR10_MEAN, models.CIFAR10_STD, 50_000, 10_000,
+        "cifar10",
+        10,
+        (32, 32, 3),
+        CIFAR10_MEAN,
+        CIFAR10_STD,
+        50_000,
+        10_000,
         augmentation="crop_flip",
     ),
     "cifar100": DatasetSpec(
-        "cifar100", 100, (32, 32, 3), models.CIFAR100_MEAN, models.CIFAR100_STD, 50_000, 10_000,
+        "cifar100",
+        100,
+        (32, 32, 3),
+        CIFAR100_MEAN,
+        CIFAR100_STD,
+        50_000,
+        10_000,
         augmentation="crop_flip",
     ),
     "imagenet2012": DatasetSpec(
-        "imagenet2012", 1000, None, models.IMAGENET_MEAN, models.IMAGENET_STD, 1_281_167, 50_000,
-        test_split="validation", augmentation="random_resized_crop_flip", image_size=224,
+        "imagenet2012",
+        1000,
+        None,
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        1_281_167,
+        50_000,
+        test_split="validation",
+        augmentation="random_resized_crop_flip",
+        image_size=224,
     ),
 }
 TFDS_NAMES = ("mnist", "cifar10", "cifar100", "imagenet2012")
@@ -123,12 +133,11 @@ DATASET_NAMES = TFDS_NAMES + ("mnist_sample", "npz:PATH")
 
 @dataclasses.dataclass
 class Pipelines:
-    """The three input pipelines of a run and their sizes.
+    """The input pipelines of a run and their sizes.
 
     Attributes:
         train: Infinite dataset of full global batches, augmented and shuffled.
         validation: Finite dataset of the carved validation split (not augmented).
-        test: Finite dataset of the test split (capped at `test_examples`), or None.
         train_evaluation: Finite dataset of the first training examples without
             augmentation (for the clean training accuracy), or None.
         spec: The `DatasetSpec`; its image_shape is the shape the model receives.
@@ -136,18 +145,15 @@ class Pipelines:
             or None when the split size is unknown (mocked TFDS data).
         train_examples: Training examples after carving, or None when unknown.
         validation_examples: Examples in the validation split.
-        test_examples: Examples in the test pipeline (None when unknown).
     """
 
     train: tf.data.Dataset
     validation: tf.data.Dataset
-    test: tf.data.Dataset
     train_evaluation: tf.data.Dataset
     spec: DatasetSpec
     steps_per_epoch: int
     train_examples: int
     validation_examples: int
-    test_examples: int
 
 
 def load_mnist_sample(path=MNIST_SAMPLE_PATH):
@@ -179,27 +185,20 @@ def parse_name(name):
         ("tfds", None), ("mnist_sample", None) or ("npz", PATH).
 
     Raises:
-        DatasetError: For an unknown name or an empty npz path.
+        ValueError: For an unknown name or an empty npz path.
     """
     if isinstance(name, str) and name.startswith("npz:"):
-        path = name[len("npz:"):]
+        path = name[len("npz:") :]
         if not path:
-            raise DatasetError("dataset npz:PATH needs a file path after 'npz:', e.g. npz:/data/my.npz.")
+            raise ValueError(
+                "dataset npz:PATH needs a file path after 'npz:', e.g. npz:/data/my.npz."
+            )
         return "npz", os.path.expanduser(path)
     if name == "mnist_sample":
         return "mnist_sample", None
     if name in TFDS_NAMES:
         return "tfds", None
-    raise DatasetError(f"unknown dataset {name!r}; choose one of {', '.join(DATASET_NAMES)}.")
-
-
-def check_augmentation(augmentation):
-    """Validates an augmentation name (see the module docstring)."""
-    if augmentation not in AUGMENTATIONS:
-        raise DatasetError(
-            f"unknown augmentation {augmentation!r}; choose one of {', '.join(AUGMENTATIONS)}."
-        )
-    return augmentation
+    raise ValueError(f"dataset must be one of {', '.join(DATASET_NAMES)}; got {name!r}.")
 
 
 def imagenet_manual_dir(data_dir=None, manual_dir=None):
@@ -226,11 +225,29 @@ def _tfds_builder(name, data_dir):
     return tfds.builder(name, data_dir=os.path.expanduser(data_dir) if data_dir else None)
 
 
+def describe(name):
+    """The `DatasetSpec` of a dataset, without downloading or preparing anything.
+
+    TFDS datasets are described from `DATASETS`; an npz file is read (cheap)
+    and its arrays checked, its mean, std and sizes measured.
+
+    Args:
+        name: A dataset name (see `parse_name`).
+
+    Returns:
+        The `DatasetSpec`.
+
+    Raises:
+        ValueError: For an unknown name or an unusable npz file.
+    """
+    kind, path = parse_name(name)
+    if kind == "npz":
+        return _load_npz(path)[1]
+    return DATASETS[name]
+
+
 def prepare(name, data_dir=None, manual_dir=None, download=True):
     """Checks that a dataset can be read, downloading or preparing it if needed.
-
-    Call this before creating anything on disk for a run: it is where missing
-    files and bad arrays are found.
 
     Args:
         name: A dataset name (see `parse_name`).
@@ -242,48 +259,51 @@ def prepare(name, data_dir=None, manual_dir=None, download=True):
         The `DatasetSpec`, with mean/std and sizes measured for npz files.
 
     Raises:
-        DatasetError: With a one-line explanation and how to fix it.
+        ValueError: With a one-line explanation and how to fix it.
     """
-    kind, path = parse_name(name)
-    if kind == "mnist_sample":
-        return DATASETS["mnist_sample"]
-    if kind == "npz":
-        return _load_npz(path)[1]
-    builder = _tfds_builder(name, data_dir)
-    if not _is_prepared(builder):
-        if name == "imagenet2012":
-            folder = imagenet_manual_dir(data_dir, manual_dir)
-            missing = [
-                file for file in IMAGENET_MANUAL_FILES if not os.path.isfile(os.path.join(folder, file))
-            ]
-            if missing:
-                raise DatasetError(
-                    f"imagenet2012 is not prepared in {builder.data_dir_root} and "
-                    f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing from "
-                    f"{folder}: download ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar from "
-                    "https://image-net.org/ into that folder (or pass --manual_dir=FOLDER "
-                    "holding them); TFDS prepares them on the first run."
-                )
-        elif not download:
-            raise DatasetError(
-                f"{name} is not prepared in {builder.data_dir_root}; allow the download "
-                "(--download) or pass --data_dir=DIR holding a prepared copy."
-            )
-        import tensorflow_datasets as tfds
+    spec = describe(name)
+    if parse_name(name)[0] == "tfds":
+        _download_and_prepare(name, data_dir, manual_dir, download)
+    return spec
 
-        config = tfds.download.DownloadConfig(
-            manual_dir=imagenet_manual_dir(data_dir, manual_dir) if name == "imagenet2012" else None
+
+def _download_and_prepare(name, data_dir, manual_dir, download):
+    builder = _tfds_builder(name, data_dir)
+    if _is_prepared(builder):
+        return
+    if name == "imagenet2012":
+        folder = imagenet_manual_dir(data_dir, manual_dir)
+        missing = [
+            file for file in IMAGENET_MANUAL_FILES if not os.path.isfile(os.path.join(folder, file))
+        ]
+        if missing:
+            raise ValueError(
+                f"imagenet2012 is not prepared in {builder.data_dir_root} and "
+                f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing from "
+                f"{folder}: download ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar from "
+                "https://image-net.org/ into that folder (or pass manual_dir=FOLDER "
+                "holding them); TFDS prepares them on the first run."
+            )
+    elif not download:
+        raise ValueError(
+            f"{name} is not prepared in {builder.data_dir_root}; allow the download "
+            "(download=true) or pass data_dir=DIR holding a prepared copy."
         )
-        try:
-            builder.download_and_prepare(download_config=config)
-        except Exception as error:  # noqa: BLE001 - any failure here is a setup problem
-            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise DatasetError(
-                f"could not download and prepare {name} in {builder.data_dir_root} "
-                f"({type(error).__name__}: {first_line}); check network access, or prepare it "
-                "on another machine and pass --data_dir=DIR."
-            ) from error
-    return DATASETS[name]
+    import tensorflow_datasets as tfds
+
+    config = tfds.download.DownloadConfig(
+        manual_dir=imagenet_manual_dir(data_dir, manual_dir) if name == "imagenet2012" else None
+    )
+    try:
+        builder.download_and_prepare(download_config=config)
+    except Exception as error:  # noqa: BLE001 - any failure here is a setup problem
+        text = str(error).strip()
+        first_line = text.splitlines()[0] if text else type(error).__name__
+        raise ValueError(
+            f"could not download and prepare {name} in {builder.data_dir_root} "
+            f"({type(error).__name__}: {first_line}); check network access, or prepare it "
+            "on another machine and pass data_dir=DIR."
+        ) from error
 
 
 def _is_prepared(builder):
@@ -293,74 +313,34 @@ def _is_prepared(builder):
     return builder.is_prepared()
 
 
-def check_image_arrays(images, labels, name):
-    """Checks in-memory images and labels; returns them in the pipelines' types.
-
-    Args:
-        images: Array [N, H, W] or [N, H, W, C], uint8 (0-255) or floats in [0, 1].
-        labels: Integer array with N labels >= 0.
-        name: What the arrays are, for the error messages (e.g. "npz x_test").
-
-    Returns:
-        (images [N, H, W, C] as uint8 or float32, labels [N] as int64).
-
-    Raises:
-        DatasetError: For shapes, dtypes or ranges that are not images and labels.
-    """
-    images = np.asarray(images)
-    labels = np.asarray(labels).reshape(-1)
-    if images.ndim == 3:
-        images = images[..., None]
-    if images.ndim != 4:
-        raise DatasetError(f"{name} images must have shape [N, H, W] or [N, H, W, C], got {images.shape}.")
-    if images.dtype != np.uint8:
-        if not np.issubdtype(images.dtype, np.floating):
-            raise DatasetError(f"{name} images must be uint8 (0-255) or floats in [0, 1], got {images.dtype}.")
-        if images.size and (images.min() < 0.0 or images.max() > 1.0):
-            raise DatasetError(
-                f"{name} float images must be scaled to [0, 1], got values in "
-                f"[{images.min():.4g}, {images.max():.4g}]; store uint8 images or divide by 255."
-            )
-        images = images.astype(np.float32)
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise DatasetError(f"{name} labels must be integer classes, got {labels.dtype}.")
-    if labels.shape[0] != images.shape[0]:
-        raise DatasetError(f"{name} has {images.shape[0]} images but {labels.shape[0]} labels.")
-    if not images.shape[0]:
-        raise DatasetError(f"{name} has no examples.")
-    if labels.min() < 0:
-        raise DatasetError(f"{name} labels must be >= 0, got {labels.min()}.")
-    return images, labels.astype(np.int64)
-
-
 def _read_npz(path, keys):
     """Reads `keys` from a .npz file, with one-line errors for missing files and keys."""
     if not os.path.isfile(path):
-        raise DatasetError(f"npz file {path} does not exist; pass --dataset=npz:PATH to an existing file.")
+        raise ValueError(
+            f"npz file {path} does not exist; pass dataset=npz:PATH to an existing file."
+        )
     try:
         with np.load(path) as stored:
             missing = [key for key in keys if key not in stored.files]
             if missing:
-                raise DatasetError(
+                raise ValueError(
                     f"npz file {path} has no {', '.join(missing)}; it needs arrays "
                     f"{', '.join(keys)} (images [N, H, W(, C)], integer labels [N])."
                 )
             return {key: stored[key] for key in keys}
-    except (OSError, ValueError) as error:
-        if isinstance(error, DatasetError):
-            raise
-        raise DatasetError(f"cannot read {path} as a .npz file ({error}).") from error
+    except OSError as error:
+        raise ValueError(f"cannot read {path} as a .npz file ({error}).") from error
 
 
 def _load_npz(path):
     """Reads and checks a users' .npz file; returns (arrays, spec)."""
     arrays = _read_npz(path, ARRAY_KEYS)
     for part in ("train", "test"):
-        arrays[f"x_{part}"], arrays[f"y_{part}"] = check_image_arrays(
+        arrays[f"x_{part}"], arrays[f"y_{part}"] = checks.check_image_arrays(
             arrays[f"x_{part}"], arrays[f"y_{part}"], f"npz x_{part}/y_{part}"
         )
     if arrays["x_train"].shape[1:] != arrays["x_test"].shape[1:]:
-        raise DatasetError(
+        raise ValueError(
             f"npz x_train and x_test images differ in shape: {arrays['x_train'].shape[1:]} vs "
             f"{arrays['x_test'].shape[1:]}."
         )
@@ -389,93 +369,56 @@ def _mnist_sample_arrays(path=MNIST_SAMPLE_PATH):
         }
 
 
-# --------------------------------------------------------------- preprocessing
+def _source(name, split, data_dir=None, deterministic=True, seed=0):
+    """One split of a dataset as unbatched (image, label) pairs, not yet preprocessed.
 
+    Args:
+        name: A dataset name.
+        split: "train[:N]"-style TFDS slicing of "train", or "test" (the
+            dataset's evaluation split): "train", "train[:-N]", "train[-N:]",
+            "train[:N]" or "test".
+        data_dir: TFDS data directory.
+        deterministic: Keep the element order of TFDS reads fixed.
+        seed: File-shuffling seed of the TFDS training read.
 
-def _to_unit_float(image):
-    if image.dtype == tf.uint8:
-        return tf.cast(image, tf.float32) / 255.0
-    return tf.cast(image, tf.float32)
+    Returns:
+        (dataset, number of examples or None when TFDS does not know it).
+    """
+    kind, path = parse_name(name)
+    if kind != "tfds":
+        arrays = _mnist_sample_arrays() if kind == "mnist_sample" else _load_npz(path)[0]
+        part = "test" if split == "test" else "train"
+        images, labels = arrays[f"x_{part}"], arrays[f"y_{part}"]
+        selected = slice(None) if split in ("train", "test") else _slice(split)
+        images, labels = images[selected], labels[selected]
+        return tf.data.Dataset.from_tensor_slices((images, labels)), int(images.shape[0])
+    import tensorflow_datasets as tfds
 
-
-def _crop_flip(image, seed):
-    """CIFAR augmentation: zero-pad 4, random crop to the original size, random flip."""
-    shape = tf.shape(image)
-    padded = tf.pad(image, [[_CROP_PADDING, _CROP_PADDING], [_CROP_PADDING, _CROP_PADDING], [0, 0]])
-    crop_seed, flip_seed = _split_seed(seed)
-    cropped = tf.image.stateless_random_crop(padded, shape, seed=crop_seed)
-    return tf.image.stateless_random_flip_left_right(cropped, seed=flip_seed)
-
-
-def _split_seed(seed):
-    seeds = tf.random.experimental.stateless_split(seed, num=2)
-    return seeds[0], seeds[1]
-
-
-def _sample_crop_window(image_shape, seed):
-    """A random crop box (offset_y, offset_x, height, width) of 8%-100% area, aspect 3/4-4/3."""
-    whole_image = tf.constant([0.0, 0.0, 1.0, 1.0], tf.float32, shape=[1, 1, 4])
-    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
-        image_shape,
-        bounding_boxes=whole_image,
-        seed=seed,
-        min_object_covered=0.0,
-        aspect_ratio_range=_RANDOM_CROP_ASPECT,
-        area_range=_RANDOM_CROP_AREA,
-        max_attempts=10,
-        use_image_if_no_bounding_boxes=True,
+    spec = DATASETS[name]
+    builder = _tfds_builder(name, data_dir)
+    tfds_split = spec.test_split if split == "test" else split
+    # ImageNet stays encoded so that the random crop decodes only the window it keeps.
+    decoders = {"image": tfds.decode.SkipDecoding()} if name == "imagenet2012" else None
+    dataset = builder.as_dataset(
+        split=tfds_split,
+        shuffle_files=split.startswith("train[:-"),
+        decoders=decoders,
+        read_config=tfds.ReadConfig(shuffle_seed=seed, options=_options(deterministic)),
+        as_supervised=True,
     )
-    return tf.stack([begin[0], begin[1], size[0], size[1]])
+    splits = builder.info.splits
+    try:
+        size = splits[tfds_split].num_examples if splits else None
+    except (KeyError, ValueError):
+        size = None
+    return dataset, size
 
 
-def _random_resized_crop_flip(image, seed, image_size):
-    """ImageNet training augmentation on an encoded JPEG or a decoded image."""
-    crop_seed, flip_seed = _split_seed(seed)
-    if image.dtype == tf.string:
-        window = _sample_crop_window(tf.image.extract_jpeg_shape(image), crop_seed)
-        image = tf.image.decode_and_crop_jpeg(image, window, channels=3)
-    else:
-        window = _sample_crop_window(tf.shape(image), crop_seed)
-        image = tf.slice(image, [window[0], window[1], 0], [window[2], window[3], -1])
-    image = tf.image.resize(_to_unit_float(image), [image_size, image_size], antialias=True)
-    image = tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
-    return tf.clip_by_value(image, 0.0, 1.0)
-
-
-def _resize_center_crop(image, image_size):
-    """ImageNet evaluation: shorter side to image_size * 256/224, central square crop."""
-    if image.dtype == tf.string:
-        image = tf.io.decode_jpeg(image, channels=3)
-    resize = int(round(image_size * _IMAGENET_RESIZE_RATIO))
-    shape = tf.cast(tf.shape(image)[:2], tf.float32)
-    scale = resize / tf.reduce_min(shape)
-    new_shape = tf.cast(tf.round(shape * scale), tf.int32)
-    image = tf.image.resize(_to_unit_float(image), new_shape, antialias=True)
-    offset = (new_shape - image_size) // 2
-    image = tf.slice(image, [offset[0], offset[1], 0], [image_size, image_size, -1])
-    return tf.clip_by_value(image, 0.0, 1.0)
-
-
-def _training_preprocess(augmentation, image_size):
-    def preprocess(image, seed):
-        if augmentation == "crop_flip":
-            return _to_unit_float(_crop_flip(image, seed))
-        if augmentation == "random_resized_crop_flip":
-            return _random_resized_crop_flip(image, seed, image_size)
-        return _evaluation_preprocess(augmentation, image_size)(image)
-
-    return preprocess
-
-
-def _evaluation_preprocess(augmentation, image_size):
-    def preprocess(image):
-        if augmentation == "random_resized_crop_flip":
-            return _resize_center_crop(image, image_size)
-        if image.dtype == tf.string:
-            image = tf.io.decode_image(image, channels=3, expand_animations=False)
-        return _to_unit_float(image)
-
-    return preprocess
+def _slice(split):
+    """The Python slice of "train[:N]", "train[:-N]" or "train[-N:]"."""
+    inside = split[split.index("[") + 1 : -1]
+    low, high = inside.split(":")
+    return slice(int(low) if low else None, int(high) if high else None)
 
 
 # ------------------------------------------------------------------ pipelines
@@ -519,21 +462,64 @@ def _evaluation_pipeline(dataset, preprocess, batch_size, cache, limit=None):
     return dataset.prefetch(_AUTOTUNE).with_options(_options(True))
 
 
-def _check_sizes(name, train_examples, validation_size, batch_size):
-    if validation_size < 1:
-        raise DatasetError(
-            f"validation_size must be >= 1 (the validation split picks the best checkpoint), got {validation_size}."
+def check_sizes(spec, validation_size, batch_size):
+    """Checks that carving the validation split leaves at least one full batch.
+
+    Args:
+        spec: The dataset's `DatasetSpec` (its `train_examples`).
+        validation_size: Examples carved for validation, >= 1.
+        batch_size: Global batch size.
+
+    Raises:
+        ValueError: Naming validation_size or batch_size.
+    """
+    checks.check_count(validation_size, "validation_size", 1)
+    total = spec.train_examples
+    if validation_size >= total:
+        raise ValueError(
+            f"validation_size {validation_size} leaves no training data: {spec.name} has {total} "
+            "training examples; pass a smaller validation_size."
         )
-    if train_examples is not None and validation_size >= train_examples:
-        raise DatasetError(
-            f"validation_size {validation_size} leaves no training data: {name} has {train_examples} "
-            "training examples; pass a smaller --validation_size."
+    if total - validation_size < batch_size:
+        raise ValueError(
+            f"batch_size {batch_size} is larger than the {total - validation_size} training "
+            f"examples left after carving {validation_size} for validation; pass a smaller "
+            "batch_size."
         )
-    if train_examples is not None and train_examples - validation_size < batch_size:
-        raise DatasetError(
-            f"batch_size {batch_size} is larger than the {train_examples - validation_size} training "
-            f"examples left after carving {validation_size} for validation; pass a smaller --batch_size."
+
+
+def resolve_augmentation(spec, augmentation="auto", image_size=None):
+    """Resolves "auto" and the crop size of a dataset's augmentation.
+
+    Args:
+        spec: The dataset's `DatasetSpec`.
+        augmentation: One of `AUGMENTATIONS`.
+        image_size: Crop size for variable-size images (ImageNet, default 224).
+
+    Returns:
+        (augmentation, image size or None, the spec with the image shape the
+        model receives).
+
+    Raises:
+        ValueError: For an unknown augmentation or a missing crop size.
+    """
+    checks.check_choice(augmentation, AUGMENTATIONS, "augmentation")
+    if augmentation == "auto":
+        augmentation = spec.augmentation
+    image_size = image_size or spec.image_size
+    if augmentation == "random_resized_crop_flip":
+        if not image_size:
+            raise ValueError("augmentation random_resized_crop_flip needs image_size (e.g. 224).")
+        checks.check_count(image_size, "image_size", 32)
+        spec = dataclasses.replace(
+            spec, image_shape=(image_size, image_size, 3), image_size=image_size
         )
+    elif spec.image_shape is None:
+        raise ValueError(
+            f"{spec.name} has images of varying size; use augmentation random_resized_crop_flip "
+            "(or auto) with image_size."
+        )
+    return augmentation, image_size, spec
 
 
 def get_pipelines(
@@ -548,12 +534,11 @@ def get_pipelines(
     augmentation="auto",
     shuffle_buffer=10_000,
     evaluation_batch_size=None,
-    test_examples=None,
     train_evaluation_examples=0,
     seed=0,
     deterministic=False,
 ):
-    """Builds the training, validation and test pipelines of a dataset.
+    """Builds the training and validation pipelines of a dataset.
 
     Args:
         name: A dataset name (see the module docstring).
@@ -564,9 +549,8 @@ def get_pipelines(
         download: Whether a missing TFDS dataset may be downloaded.
         image_size: Crop size for variable-size images (ImageNet, default 224).
         augmentation: One of `AUGMENTATIONS`.
-        shuffle_buffer: Shuffle buffer of the training pipeline (examples).
-        evaluation_batch_size: Batch size of validation and test (default batch_size).
-        test_examples: Cap on the test examples (None: all; 0: no test pipeline).
+        shuffle_buffer: Shuffle buffer of the training pipeline (examples), >= 1.
+        evaluation_batch_size: Batch size of validation (default batch_size).
         train_evaluation_examples: Size of the unaugmented training subset
             (0: no such pipeline).
         seed: Seed of shuffling and augmentation.
@@ -576,119 +560,61 @@ def get_pipelines(
         A `Pipelines`.
 
     Raises:
-        DatasetError: For unusable names, files or sizes.
+        ValueError: For unusable names, files or sizes.
     """
-    spec = prepare(name, data_dir=data_dir, manual_dir=manual_dir, download=download)
-    augmentation = check_augmentation(augmentation)
-    if augmentation == "auto":
-        augmentation = spec.augmentation
-    image_size = image_size or spec.image_size
-    if augmentation == "random_resized_crop_flip":
-        if not image_size:
-            raise DatasetError("augmentation random_resized_crop_flip needs --image_size (e.g. 224).")
-        spec = dataclasses.replace(spec, image_shape=(image_size, image_size, 3), image_size=image_size)
-    elif spec.image_shape is None:
-        raise DatasetError(
-            f"{name} has images of varying size; use --augmentation=random_resized_crop_flip "
-            "(or auto) with --image_size."
-        )
+    checks.check_count(shuffle_buffer, "shuffle_buffer", 1)
+    checks.check_count(train_evaluation_examples, "train_evaluation_examples", 0)
+    dataset_spec = describe(name)
+    augmentation, image_size, spec = resolve_augmentation(dataset_spec, augmentation, image_size)
+    check_sizes(dataset_spec, validation_size, batch_size)
+    if parse_name(name)[0] == "tfds":
+        _download_and_prepare(name, data_dir, manual_dir, download)
     evaluation_batch_size = evaluation_batch_size or batch_size
-    if train_evaluation_examples < 0:
-        raise DatasetError(f"train_evaluation_examples must be >= 0, got {train_evaluation_examples}.")
-    if shuffle_buffer < 1:
-        raise DatasetError(f"shuffle_buffer must be >= 1, got {shuffle_buffer}.")
-    train_preprocess = _training_preprocess(augmentation, image_size)
-    evaluation_preprocess = _evaluation_preprocess(augmentation, image_size)
-    kind, path = parse_name(name)
+    train_preprocess = preprocessing.training_preprocess(augmentation, image_size)
+    evaluation_preprocess = preprocessing.evaluation_preprocess(augmentation, image_size)
 
-    if kind in ("npz", "mnist_sample"):
-        arrays = _mnist_sample_arrays() if kind == "mnist_sample" else _load_npz(path)[0]
-        total = arrays["x_train"].shape[0]
-        _check_sizes(name, total, validation_size, batch_size)
-        keep = total - validation_size
-        train_source = tf.data.Dataset.from_tensor_slices((arrays["x_train"][:keep], arrays["y_train"][:keep]))
-        validation_source = tf.data.Dataset.from_tensor_slices(
-            (arrays["x_train"][keep:], arrays["y_train"][keep:])
-        )
-        test_source = tf.data.Dataset.from_tensor_slices((arrays["x_test"], arrays["y_test"]))
-        test_total = arrays["x_test"].shape[0]
-        train_evaluation_source = train_source
-        train_examples, cache = keep, False
-    else:
-        builder = _tfds_builder(name, data_dir)
-        splits = builder.info.splits
-        total = splits["train"].num_examples if "train" in splits else None
-        test_total = splits[spec.test_split].num_examples if spec.test_split in splits else None
-        _check_sizes(name, total, validation_size, batch_size)
-        train_examples = None if total is None else total - validation_size
-        train_source, validation_source, test_source, train_evaluation_source = _tfds_sources(
-            builder, name, spec, validation_size, train_evaluation_examples, seed, deterministic
-        )
-        # Decoded 28x28 and 32x32 datasets fit in memory; ImageNet streams from disk.
-        cache = name != "imagenet2012"
+    def source(split):
+        return _source(name, split, data_dir, deterministic, seed)
 
-    # Decoded validation images are small except ImageNet's (10,000 x 224 x 224 x 3 floats is 6 GB).
-    cache_evaluation = name != "imagenet2012"
+    train_source, train_examples = source(f"train[:-{validation_size}]")
+    validation_source, _ = source(f"train[-{validation_size}:]")
+    # Decoded 28x28 and 32x32 datasets fit in memory; ImageNet streams from disk
+    # (10,000 decoded 224x224 validation images alone would take 6 GB).
+    cache = name != "imagenet2012"
     train = _training_pipeline(
-        train_source, train_preprocess, batch_size, shuffle_buffer, seed, deterministic, cache
+        train_source,
+        train_preprocess,
+        batch_size,
+        shuffle_buffer,
+        seed,
+        deterministic,
+        cache and parse_name(name)[0] == "tfds",
     )
     validation = _evaluation_pipeline(
-        validation_source, evaluation_preprocess, evaluation_batch_size, cache=cache_evaluation
+        validation_source, evaluation_preprocess, evaluation_batch_size, cache=cache
     )
-    test = None
-    if test_examples != 0:
-        test = _evaluation_pipeline(
-            test_source, evaluation_preprocess, evaluation_batch_size,
-            cache=False, limit=test_examples,
-        )
-        if test_total is not None and test_examples is not None:
-            test_total = min(test_total, test_examples)
-        elif test_total is None:
-            test_total = test_examples
     train_evaluation = None
     if train_evaluation_examples:
+        subset, _ = source(f"train[:{train_evaluation_examples}]")
         train_evaluation = _evaluation_pipeline(
-            train_evaluation_source, evaluation_preprocess, evaluation_batch_size,
-            cache=cache_evaluation, limit=train_evaluation_examples,
+            subset, evaluation_preprocess, evaluation_batch_size, cache=cache
         )
     return Pipelines(
         train=train,
         validation=validation,
-        test=test,
         train_evaluation=train_evaluation,
         spec=spec,
         steps_per_epoch=None if train_examples is None else train_examples // batch_size,
         train_examples=train_examples,
         validation_examples=validation_size,
-        test_examples=test_total if test is not None else 0,
     )
 
 
-def _tfds_sources(builder, name, spec, validation_size, train_evaluation_examples, seed, deterministic):
-    """(train, validation, test, train subset) datasets of (image, label) from a TFDS builder."""
-    import tensorflow_datasets as tfds
-
-    read_config = tfds.ReadConfig(shuffle_seed=seed, options=_options(deterministic))
-    # ImageNet stays encoded so that the random crop decodes only the window it keeps.
-    decoders = {"image": tfds.decode.SkipDecoding()} if name == "imagenet2012" else None
-
-    def load(split, shuffle_files):
-        return builder.as_dataset(
-            split=split, shuffle_files=shuffle_files, decoders=decoders, read_config=read_config,
-            as_supervised=True,
-        )
-
-    train = load(f"train[:-{validation_size}]", shuffle_files=True)
-    validation = load(f"train[-{validation_size}:]", shuffle_files=False)
-    test = load(spec.test_split, shuffle_files=False)
-    subset = load(f"train[:{max(train_evaluation_examples, 1)}]", shuffle_files=False)
-    return train, validation, test, subset
-
-
-def evaluation_split(name, n_examples=None, *, data_dir=None, manual_dir=None, download=True, image_size=None):
+def evaluation_split(
+    name, n_examples=None, *, data_dir=None, manual_dir=None, download=True, image_size=None
+):
     """The test split of a dataset as unbatched examples, for robust evaluation.
 
-    The split and preprocessing are those of `get_pipelines`' test pipeline:
     TFDS "test" ("validation" for ImageNet, resized to image_size * 256/224 and
     centre-cropped to image_size), the sample's 2,000 test digits, or an npz
     file's x_test / y_test (the only keys needed here).
@@ -706,36 +632,31 @@ def evaluation_split(name, n_examples=None, *, data_dir=None, manual_dir=None, d
         number of examples or None when TFDS does not know it, number of classes).
 
     Raises:
-        DatasetError: For unusable names or files.
+        ValueError: For unusable names or files.
     """
+    if n_examples is not None:
+        checks.check_count(n_examples, "n_examples", 1)
     kind, path = parse_name(name)
     if kind == "npz":
         arrays = _read_npz(path, ("x_test", "y_test"))
-        images, labels = check_image_arrays(arrays["x_test"], arrays["y_test"], "npz x_test/y_test")
+        images, labels = checks.check_image_arrays(
+            arrays["x_test"], arrays["y_test"], "npz x_test/y_test"
+        )
         source = tf.data.Dataset.from_tensor_slices((images, labels))
         size, num_classes = images.shape[0], int(labels.max()) + 1
         augmentation, crop = "none", None
     else:
         spec = prepare(name, data_dir=data_dir, manual_dir=manual_dir, download=download)
-        augmentation, crop, num_classes = spec.augmentation, image_size or spec.image_size, spec.num_classes
-        if kind == "mnist_sample":
-            arrays = _mnist_sample_arrays()
-            source = tf.data.Dataset.from_tensor_slices((arrays["x_test"], arrays["y_test"]))
-            size = arrays["x_test"].shape[0]
-        else:
-            import tensorflow_datasets as tfds
-
-            builder = _tfds_builder(name, data_dir)
-            decoders = {"image": tfds.decode.SkipDecoding()} if name == "imagenet2012" else None
-            source = builder.as_dataset(
-                split=spec.test_split, shuffle_files=False, decoders=decoders, as_supervised=True
-            )
-            splits = builder.info.splits
-            size = splits[spec.test_split].num_examples if spec.test_split in splits else None
+        augmentation, crop, num_classes = (
+            spec.augmentation,
+            image_size or spec.image_size,
+            spec.num_classes,
+        )
+        source, size = _source(name, "test", data_dir)
     if n_examples is not None:
         source = source.take(n_examples)
         size = n_examples if size is None else min(size, n_examples)
-    preprocess = _evaluation_preprocess(augmentation, crop)
+    preprocess = preprocessing.evaluation_preprocess(augmentation, crop)
     dataset = source.map(
         lambda image, label: (preprocess(image), tf.cast(label, tf.int64)),
         num_parallel_calls=_AUTOTUNE,

@@ -1,8 +1,9 @@
 """Learning-rate schedules of the recipes, as Keras `LearningRateSchedule`s keyed on minibatches.
 
-`AdversarialModel.compile` evaluates a schedule at the number of minibatches
-trained (not at the optimizer's update count, which grows r times faster
-with r replays), so every boundary here is expressed in minibatches:
+`AdversarialModel.compile` wraps the optimizer's schedule in `MinibatchSchedule`,
+which evaluates it at the number of minibatches trained (not at the optimizer's
+update count, which grows r times faster with r replays), so every boundary
+here is expressed in minibatches:
 
 - "constant": one value;
 - "multistep": multiply by `decay` at fractions of all minibatches (the CIFAR
@@ -19,6 +20,36 @@ import keras
 from keras import ops
 
 LR_SCHEDULES = ("constant", "multistep", "piecewise", "cyclic")
+
+
+@keras.saving.register_keras_serializable(package="deat_tf")
+class MinibatchSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """Evaluates a learning-rate schedule at the minibatch count of a model.
+
+    `AdversarialModel.compile` wraps the optimizer's schedule in this class, so
+    that r optimizer updates per minibatch do not advance the schedule r times.
+
+    Args:
+        schedule: The wrapped `LearningRateSchedule`, keyed on minibatches.
+        counter: The variable holding the number of minibatches trained; without
+            it (a freshly deserialised optimizer) the optimizer step is used
+            until `AdversarialModel.compile` attaches the model's counter.
+    """
+
+    def __init__(self, schedule, counter=None):
+        self.schedule = schedule
+        self.counter = counter
+
+    def __call__(self, step):
+        position = step if self.counter is None else self.counter.value
+        return self.schedule(position)
+
+    def get_config(self):
+        return {"schedule": keras.saving.serialize_keras_object(self.schedule)}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(keras.saving.deserialize_keras_object(config["schedule"]))
 
 
 @keras.saving.register_keras_serializable(package="deat_tf")
@@ -53,7 +84,11 @@ class TriangularSchedule(keras.optimizers.schedules.LearningRateSchedule):
         return ops.maximum(ops.where(position < peak_step, rising, falling), 0.0)
 
     def get_config(self):
-        return {"peak": self.peak, "total_steps": self.total_steps, "peak_fraction": self.peak_fraction}
+        return {
+            "peak": self.peak,
+            "total_steps": self.total_steps,
+            "peak_fraction": self.peak_fraction,
+        }
 
 
 def make_learning_rate(
@@ -91,7 +126,8 @@ def make_learning_rate(
     if schedule == "multistep":
         if any(not 0.0 < value < 1.0 for value in boundaries):
             raise ValueError(
-                f"multistep lr_boundaries are fractions of training in (0, 1), got {list(boundaries)}."
+                "multistep lr_boundaries are fractions of training in (0, 1), got "
+                f"{list(boundaries)}."
             )
         minibatches = [int(round(value * total)) for value in boundaries]
     else:
@@ -100,13 +136,17 @@ def make_learning_rate(
                 f"piecewise lr_boundaries are epochs in (0, {epochs}), got {list(boundaries)}."
             )
         minibatches = [int(round(value * steps_per_epoch)) for value in boundaries]
-    if any(later <= earlier for earlier, later in zip(minibatches, minibatches[1:])) or minibatches[0] < 1:
+    if (
+        any(later <= earlier for earlier, later in zip(minibatches, minibatches[1:]))
+        or minibatches[0] < 1
+    ):
         raise ValueError(
-            f"lr_boundaries must be increasing and fall on distinct minibatches, got {list(boundaries)} "
+            "lr_boundaries must be increasing and fall on distinct minibatches, got "
+            f"{list(boundaries)} "
             f"({minibatches} of {total} minibatches)."
         )
     values = [float(learning_rate) * decay**index for index in range(len(minibatches) + 1)]
-    # PiecewiseConstantDecay switches after its boundary; minibatch number b is the first decayed one.
+    # PiecewiseConstantDecay switches after its boundary: minibatch b is the first decayed one.
     return keras.optimizers.schedules.PiecewiseConstantDecay(
         [boundary - 1 for boundary in minibatches], values
     )

@@ -1,9 +1,9 @@
 """Classifier networks used by the recipes; each takes images in [0, 1] and returns logits.
 
 Normalisation (x - mean) / std lives inside the network, as the first layer
-(`Standardize`), so that attack budgets stay in pixel units and
-`AdversarialModel` can find the per-channel std it needs for the gradient
-magnitude statistic (ALGORITHM.md section 1).
+(`Standardize`, with the constants of `deat_tf.datasets`), so that attack
+budgets stay in pixel units and `AdversarialModel` can find the per-channel
+std it needs for the gradient-magnitude statistic (docs/algorithm.md).
 
 BatchNormalization uses PyTorch's defaults (momentum 0.1 there, 0.9 here;
 epsilon 1e-5) because the published recipes were tuned with them.
@@ -12,14 +12,8 @@ epsilon 1e-5) because the published recipes were tuned with them.
 import keras
 from keras import layers
 
-MNIST_MEAN = (0.0,)
-MNIST_STD = (1.0,)
-CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR10_STD = (0.2471, 0.2435, 0.2616)
-CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
-CIFAR100_STD = (0.2673, 0.2564, 0.2762)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from deat_tf import checks
+from deat_tf.datasets import CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD
 
 _BATCH_NORM_MOMENTUM = 0.9
 _BATCH_NORM_EPSILON = 1e-5
@@ -74,9 +68,12 @@ def find_input_std(network):
     Returns:
         A tuple of floats, or None when the network has no `Standardize` layer.
     """
-    for layer in network._flatten_layers(include_self=False):
+    for layer in getattr(network, "layers", ()):
         if isinstance(layer, Standardize):
             return layer.std
+        found = find_input_std(layer)
+        if found is not None:
+            return found
     return None
 
 
@@ -156,7 +153,9 @@ def preact_resnet18(
     Returns:
         A functional `keras.Model` returning logits.
     """
-    stages = [(width * multiplier, strides) for multiplier, strides in ((1, 1), (2, 2), (4, 2), (8, 2))]
+    stages = [
+        (width * multiplier, strides) for multiplier, strides in ((1, 1), (2, 2), (4, 2), (8, 2))
+    ]
     return _preact_network(input_shape, num_classes, mean, std, width, stages, 2, name)
 
 
@@ -320,7 +319,11 @@ MODELS = {
     "wide_resnet34_10": wide_resnet34_10,
     "resnet50": resnet50,
 }
-_WIDTH_ARGUMENT = {"preact_resnet18": "width", "wide_resnet34_10": "widen_factor", "resnet50": "width"}
+_WIDTH_ARGUMENT = {
+    "preact_resnet18": "width",
+    "wide_resnet34_10": "widen_factor",
+    "resnet50": "width",
+}
 
 
 def get_model(name, input_shape, num_classes, mean=(0.0,), std=(1.0,), width=None):
@@ -341,17 +344,15 @@ def get_model(name, input_shape, num_classes, mean=(0.0,), std=(1.0,), width=Non
     Raises:
         ValueError: For an unknown name, or a width the network does not take.
     """
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}.")
+    checks.check_choice(name, tuple(MODELS), "model")
     arguments = {"input_shape": tuple(input_shape), "num_classes": int(num_classes)}
     if name == "mnist_cnn":
         if width is not None:
-            raise ValueError("model mnist_cnn has a fixed width; leave model_width unset.")
+            raise ValueError("model mnist_cnn has a fixed width; leave model_width unset (none).")
         # The fast-AT MNIST network trains on raw pixels; MNIST's constants are (0, 1).
         return mnist_cnn(**arguments)
     if width is not None:
-        if isinstance(width, bool) or not isinstance(width, int) or width < 1:
-            raise ValueError(f"model width must be an integer >= 1, got {width!r}.")
+        checks.check_count(width, "model_width", 1)
         arguments[_WIDTH_ARGUMENT[name]] = width
     channels = input_shape[-1]
     mean, std = tuple(mean), tuple(std)

@@ -6,14 +6,14 @@ model (`attack_steps`, `schedule_threshold`, `schedule_epochs`), so it is saved
 and restored with the model or a checkpoint; a resumed fit continues the rule
 where it stopped instead of starting over.
 
-- `MagnitudeScheduler`: the M+ rule (ALGORITHM.md section 2), driven by the
+- `MagnitudeScheduler`: the M+ rule (docs/algorithm.md), driven by the
   epoch sum of the input-gradient magnitude (`grad_magnitude` in the logs).
 - `PeriodicScheduler`: DEAT-d, one more iteration every `period` epochs.
 - `AccuracyScheduler`: DEAT-p, one more iteration when the training accuracy
   on adversarial inputs exceeds a threshold.
 
-They write `attack_steps` (the count used in the epoch that just ended) and
-`next_attack_steps` into the epoch logs, and `MagnitudeScheduler` also writes
+The count used in an epoch is logged by the model itself (the `attack_steps`
+metric); the schedulers add `next_attack_steps`, and `MagnitudeScheduler` also
 `threshold` (NaN until the reference epoch sets it). Place them before
 `TensorBoard` in the callback list so that it records these values.
 """
@@ -22,11 +22,10 @@ import math
 
 import keras
 
-from deat_tf import attacks
+from deat_tf import checks, methods
 from deat_tf.adversarial_model import AdversarialModel
 
-SCHEDULED_METHODS = ("deat", "pgd", "trades", "mart")
-_INITIAL_STEPS = {"deat": 1, "pgd": 0, "trades": 0, "mart": 0}
+SCHEDULED_METHODS = methods.SCHEDULED
 
 
 class IterationScheduler(keras.callbacks.Callback):
@@ -41,9 +40,9 @@ class IterationScheduler(keras.callbacks.Callback):
 
     def __init__(self, max_steps, initial_steps=None, verbose=1):
         super().__init__()
-        self.max_steps = attacks.check_count(max_steps, "max_steps", 1)
+        self.max_steps = checks.check_count(max_steps, "max_steps", 1)
         if initial_steps is not None:
-            attacks.check_count(initial_steps, "initial_steps", 0)
+            checks.check_count(initial_steps, "initial_steps", 0)
             if initial_steps > self.max_steps:
                 raise ValueError(
                     f"initial_steps must be <= max_steps ({self.max_steps}), got {initial_steps}."
@@ -55,19 +54,16 @@ class IterationScheduler(keras.callbacks.Callback):
         """The count of epoch 0 for this model's method."""
         if self.initial_steps is not None:
             return self.initial_steps
-        return _INITIAL_STEPS[model.method]
+        return methods.get(model.method).scheduled_start
 
     def on_train_begin(self, logs=None):
         model = self.model
         if not isinstance(model, AdversarialModel):
             raise ValueError(
-                f"{type(self).__name__} needs a deat_tf.AdversarialModel, got {type(model).__name__}."
+                f"{type(self).__name__} needs a deat_tf.AdversarialModel, "
+                f"got {type(model).__name__}."
             )
-        if model.method not in SCHEDULED_METHODS:
-            raise ValueError(
-                f"{type(self).__name__} schedules methods {', '.join(SCHEDULED_METHODS)}; the "
-                f"model uses method={model.method!r}, whose iteration count is fixed."
-            )
+        methods.check_scheduler(type(self).__name__, model.method)
         if model.schedule_epochs == 0:
             model.schedule_threshold = None
             model.attack_steps = self.initial_count(model)
@@ -93,7 +89,6 @@ class IterationScheduler(keras.callbacks.Callback):
         steps = model.attack_steps
         new_steps = self.next_steps(epoch_index, steps, logs)
         model.schedule_epochs = epoch_index + 1
-        logs["attack_steps"] = float(steps)
         logs["next_attack_steps"] = float(new_steps)
         self.add_logs(logs)
         if new_steps != steps:
@@ -148,9 +143,11 @@ class MagnitudeScheduler(IterationScheduler):
         verbose: 1 prints a line whenever the count changes.
     """
 
-    def __init__(self, gamma=1.01, max_steps=8, initial_steps=None, monitor="grad_magnitude", verbose=1):
+    def __init__(
+        self, gamma=1.01, max_steps=8, initial_steps=None, monitor="grad_magnitude", verbose=1
+    ):
         super().__init__(max_steps, initial_steps, verbose)
-        self.gamma = attacks.check_positive(gamma, "gamma")
+        self.gamma = checks.check_positive(gamma, "gamma")
         self.monitor = monitor
 
     def next_steps(self, epoch_index, steps, logs):
@@ -171,7 +168,8 @@ class MagnitudeScheduler(IterationScheduler):
         logs["threshold"] = math.nan if threshold is None else threshold
 
     def describe(self, logs):
-        return f" ({self.monitor} {logs.get(self.monitor, math.nan):.6g}, threshold {logs['threshold']:.6g})"
+        magnitude = logs.get(self.monitor, math.nan)
+        return f" ({self.monitor} {magnitude:.6g}, threshold {logs['threshold']:.6g})"
 
     def get_config(self):
         config = super().get_config()
@@ -191,7 +189,7 @@ class PeriodicScheduler(IterationScheduler):
 
     def __init__(self, period=3, max_steps=5, initial_steps=None, verbose=1):
         super().__init__(max_steps, initial_steps, verbose)
-        self.period = attacks.check_count(period, "period", 1)
+        self.period = checks.check_count(period, "period", 1)
 
     def count_at(self, epoch_index):
         """The count of epoch `epoch_index` under this schedule."""
@@ -221,12 +219,11 @@ class AccuracyScheduler(IterationScheduler):
         verbose: 1 prints a line whenever the count changes.
     """
 
-    def __init__(self, threshold=0.4, max_steps=4, initial_steps=None, monitor="adv_accuracy", verbose=1):
+    def __init__(
+        self, threshold=0.4, max_steps=4, initial_steps=None, monitor="adv_accuracy", verbose=1
+    ):
         super().__init__(max_steps, initial_steps, verbose)
-        value = float(threshold)
-        if not 0.0 <= value <= 1.0:
-            raise ValueError(f"threshold must be an accuracy in [0, 1], got {threshold}.")
-        self.threshold = value
+        self.threshold = checks.check_range(threshold, "threshold", 0.0, 1.0)
         self.monitor = monitor
 
     def next_steps(self, epoch_index, steps, logs):

@@ -1,9 +1,10 @@
 """Test setup shared by every test module.
 
 The CPU is split into two logical devices here, at import time, because
-TensorFlow accepts that only before it initialises its devices (KERAS3_NOTES
-section 12). Multi-replica tests use `MirroredStrategy(["CPU:0", "CPU:1"])`;
-single-device tests use the default strategy, which places work on CPU:0.
+TensorFlow accepts that only before it initialises its devices (the first op or
+device listing). Multi-replica tests use the `two_replica_strategy` fixture,
+`MirroredStrategy(["CPU:0", "CPU:1"])`; single-device tests use the default
+strategy, which places work on CPU:0.
 """
 
 import os
@@ -47,6 +48,7 @@ def clean_mnist_network(mnist_sample):
     return network
 
 
+@pytest.fixture
 def two_replica_strategy():
     """MirroredStrategy over the two logical CPUs made above."""
     return tf.distribute.MirroredStrategy(["CPU:0", "CPU:1"])

@@ -73,7 +73,9 @@ def make_model(method="deat", optimizer=None, network=None, **kwargs):
         ("none", None, 1, 1),
     ],
 )
-def test_optimizer_updates_and_training_forwards_per_minibatch(method, steps, updates_per_batch, forwards_per_batch):
+def test_optimizer_updates_and_training_forwards_per_minibatch(
+    method, steps, updates_per_batch, forwards_per_batch
+):
     x, y = toy_data(5)
     model = make_model(method, attack_steps=steps)
     history = model.fit(x, y, batch_size=10, epochs=1, verbose=0)
@@ -95,7 +97,9 @@ def test_changing_the_replay_count_takes_effect_in_the_next_epoch():
             updates.append(int(self.model.optimizer.iterations.numpy()))
 
     scheduler = deat_tf.PeriodicScheduler(period=1, max_steps=3, verbose=0)
-    history = model.fit(x, y, batch_size=10, epochs=4, callbacks=[scheduler, RecordUpdates()], verbose=0)
+    history = model.fit(
+        x, y, batch_size=10, epochs=4, callbacks=[scheduler, RecordUpdates()], verbose=0
+    )
     # r = 1, 2, 3, 3 replays per minibatch, 4 minibatches per epoch.
     assert np.diff([0] + updates).tolist() == [4, 8, 12, 12]
     assert forward_count(model) == 4 * (1 + 2 + 3 + 3)
@@ -137,7 +141,10 @@ def manual_update(network, images, labels, learning_rate):
 def model_and_reference(method, seed, learning_rate, **kwargs):
     """A model trained by SGD and an identical network to replay its step by hand."""
     model = make_model(
-        method, optimizer=keras.optimizers.SGD(learning_rate), network=counting_network(seed=seed), **kwargs
+        method,
+        optimizer=keras.optimizers.SGD(learning_rate),
+        network=counting_network(seed=seed),
+        **kwargs,
     )
     reference = counting_network(seed=seed)
     reference.set_weights(model.network.get_weights())
@@ -156,7 +163,13 @@ def test_deat_replays_and_grad_magnitude_match_a_hand_computation():
     x, y = toy_data(1, batch_size=16, seed=4)
     epsilon, step_size, learning_rate = 0.1, 0.04, 0.5
     model, reference = model_and_reference(
-        "deat", 7, learning_rate, attack_steps=3, epsilon=epsilon, step_size=step_size, initialization="zero"
+        "deat",
+        7,
+        learning_rate,
+        attack_steps=3,
+        epsilon=epsilon,
+        step_size=step_size,
+        initialization="zero",
     )
     images, labels = tf.constant(x), tf.constant(y)
     x_adv = images
@@ -173,14 +186,22 @@ def test_pgd_trains_on_the_final_iterate_and_measures_its_gradient():
     x, y = toy_data(1, batch_size=16, seed=5)
     epsilon, step_size, learning_rate = 0.1, 0.03, 0.5
     model, reference = model_and_reference(
-        "pgd", 8, learning_rate, attack_steps=2, epsilon=epsilon, step_size=step_size, initialization="zero"
+        "pgd",
+        8,
+        learning_rate,
+        attack_steps=2,
+        epsilon=epsilon,
+        step_size=step_size,
+        initialization="zero",
     )
     images, labels = tf.constant(x), tf.constant(y)
     x_adv = images
     for _ in range(2):
         gradient = manual_input_gradient(reference, x_adv, labels)
         x_adv = attacks.project(x_adv + step_size * tf.sign(gradient), images, epsilon)
-    expected_magnitude = float(tf.reduce_sum(tf.abs(manual_input_gradient(reference, x_adv, labels) * 0.5)))
+    expected_magnitude = float(
+        tf.reduce_sum(tf.abs(manual_input_gradient(reference, x_adv, labels) * 0.5))
+    )
     manual_update(reference, x_adv, labels, learning_rate)
     assert_step_matches(model, x, y, reference, expected_magnitude)
 
@@ -188,7 +209,9 @@ def test_pgd_trains_on_the_final_iterate_and_measures_its_gradient():
 def trades_loss(network, x, x_adv, y, beta):
     natural = network(x, training=True)
     adversarial = network(x_adv, training=True)
-    cross_entropy = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(y, natural, from_logits=True))
+    cross_entropy = tf.reduce_mean(
+        keras.losses.sparse_categorical_crossentropy(y, natural, from_logits=True)
+    )
     p = tf.nn.softmax(natural)
     kl = tf.reduce_sum(p * (tf.math.log(p) - tf.nn.log_softmax(adversarial)), axis=-1)
     return cross_entropy + beta * tf.reduce_mean(kl)
@@ -199,7 +222,9 @@ def mart_loss(network, x, x_adv, y, beta):
     adversarial_logits = network(x_adv, training=True)
     adversarial = tf.nn.softmax(adversarial_logits)
     sorted_classes = tf.argsort(adversarial, axis=-1, direction="DESCENDING")
-    wrong = tf.where(sorted_classes[:, 0] == tf.cast(y, tf.int32), sorted_classes[:, 1], sorted_classes[:, 0])
+    wrong = tf.where(
+        sorted_classes[:, 0] == tf.cast(y, tf.int32), sorted_classes[:, 1], sorted_classes[:, 0]
+    )
     boosted = keras.losses.sparse_categorical_crossentropy(y, adversarial_logits, from_logits=True)
     boosted -= tf.math.log(1.0001 - tf.gather(adversarial, wrong, batch_dims=1) + 1e-12)
     kl = tf.reduce_sum(natural * (tf.math.log(natural) - tf.math.log(adversarial + 1e-12)), axis=-1)
@@ -226,13 +251,16 @@ def test_trades_and_mart_match_a_hand_computation(method):
             logits = reference(x_adv, training=True)
             if method == "trades":
                 objective = tf.reduce_sum(
-                    natural_probabilities * (tf.math.log(natural_probabilities) - tf.nn.log_softmax(logits))
+                    natural_probabilities
+                    * (tf.math.log(natural_probabilities) - tf.nn.log_softmax(logits))
                 )
             else:
                 objective = tf.reduce_sum(
                     keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
                 )
-        x_adv = attacks.project(x_adv + step_size * tf.sign(tape.gradient(objective, x_adv)), images, epsilon)
+        x_adv = attacks.project(
+            x_adv + step_size * tf.sign(tape.gradient(objective, x_adv)), images, epsilon
+        )
     loss_function = trades_loss if method == "trades" else mart_loss
     with tf.GradientTape(persistent=True) as tape:
         tape.watch(x_adv)
@@ -281,15 +309,23 @@ def test_coupled_l2_weight_decay_is_added_to_the_gradient():
     x, y = toy_data(1, batch_size=8)
     learning_rate, decay = 0.1, 0.01
     model = make_model(
-        "none", optimizer=keras.optimizers.SGD(learning_rate), network=counting_network(seed=2), l2_weight_decay=decay
+        "none",
+        optimizer=keras.optimizers.SGD(learning_rate),
+        network=counting_network(seed=2),
+        l2_weight_decay=decay,
     )
     reference = counting_network(seed=2)
     reference.set_weights(model.network.get_weights())
     with tf.GradientTape() as tape:
         logits = reference(tf.constant(x), training=True)
-        loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True))
+        loss = tf.reduce_mean(
+            keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)
+        )
     gradients = tape.gradient(loss, reference.trainable_variables)
-    expected = [v.numpy() - learning_rate * (g.numpy() + decay * v.numpy()) for v, g in zip(reference.trainable_variables, gradients)]
+    expected = [
+        v.numpy() - learning_rate * (g.numpy() + decay * v.numpy())
+        for v, g in zip(reference.trainable_variables, gradients)
+    ]
     model.fit(x, y, batch_size=8, epochs=1, verbose=0)
     for trained, value in zip(model.network.trainable_variables, expected):
         np.testing.assert_allclose(trained.numpy(), value, rtol=1e-5, atol=1e-7)
@@ -297,7 +333,9 @@ def test_coupled_l2_weight_decay_is_added_to_the_gradient():
 
 def test_carried_perturbation_stays_in_the_ball_and_survives_a_partial_batch():
     x, y = toy_data(3, batch_size=10)
-    model = make_model("free", attack_steps=2, carry_perturbation=True, epsilon=0.05, step_size=0.02)
+    model = make_model(
+        "free", attack_steps=2, carry_perturbation=True, epsilon=0.05, step_size=0.02
+    )
     model.fit(x[:25], y[:25], batch_size=10, epochs=2, verbose=0)
     carried = model._carried.variable.numpy()
     assert carried.shape == (10,) + IMAGE_SHAPE
@@ -318,7 +356,12 @@ def test_validation_reports_clean_and_robust_accuracy():
 
 def test_save_and_load_keeps_configuration_weights_and_optimizer(tmp_path):
     x, y = toy_data(2)
-    model = make_model("pgd", attack_steps=2, optimizer=keras.optimizers.SGD(0.05, momentum=0.9), l2_weight_decay=1e-3)
+    model = make_model(
+        "pgd",
+        attack_steps=2,
+        optimizer=keras.optimizers.SGD(0.05, momentum=0.9),
+        l2_weight_decay=1e-3,
+    )
     model.fit(x, y, batch_size=10, epochs=1, verbose=0)
     path = str(tmp_path / "model.keras")
     model.save(path)
@@ -339,7 +382,11 @@ def test_xla_compiled_train_step_matches_the_graph_one():
     results = []
     for jit_compile in (False, True):
         model = deat_tf.AdversarialModel(
-            counting_network(seed=3), method="deat", epsilon=0.1, attack_steps=2, initialization="zero"
+            counting_network(seed=3),
+            method="deat",
+            epsilon=0.1,
+            attack_steps=2,
+            initialization="zero",
         )
         model.compile(optimizer=keras.optimizers.SGD(0.05), jit_compile=jit_compile)
         history = model.fit(x, y, batch_size=10, epochs=1, shuffle=False, verbose=0)
@@ -353,12 +400,18 @@ def test_xla_compiled_train_step_matches_the_graph_one():
         (dict(epsilon=-0.01), "epsilon must be in \\[0, 1\\]"),
         (dict(epsilon=2.0), "epsilon must be in \\[0, 1\\]"),
         (dict(step_size=0.0), "step_size must be > 0"),
-        (dict(method="trades-ish"), "method must be one of deat, free, pgd, trades, mart, fgsm_rs, none"),
+        (
+            dict(method="trades-ish"),
+            "method must be one of deat, free, pgd, trades, mart, fgsm_rs, none",
+        ),
         (dict(method="pgd", attack_steps=-1), "attack_steps must be an integer >= 0"),
         (dict(method="deat", attack_steps=0), "attack_steps must be an integer >= 1"),
         (dict(method="fgsm_rs", attack_steps=3), "attack_steps is fixed at 1"),
         (dict(initialization="gaussian"), "initialization must be one of"),
-        (dict(method="pgd", carry_perturbation=True), "carry_perturbation applies to methods deat, free"),
+        (
+            dict(method="pgd", carry_perturbation=True),
+            "carry_perturbation applies to methods deat, free",
+        ),
         (dict(l2_weight_decay=-1.0), "l2_weight_decay must be >= 0"),
         (dict(step_size_rule="cosine"), "step_size_rule must be one of"),
     ],
@@ -377,12 +430,36 @@ def test_setting_an_invalid_count_is_rejected():
 @pytest.mark.parametrize(
     "images, labels, message",
     [
-        (np.zeros((20, 8, 8), np.float32), np.zeros(20, np.int64), "x must be a 4-D batch"),
-        (np.zeros((20, 8, 8, 1), np.uint8), np.zeros(20, np.int64), "x must hold floats scaled to \\[0, 1\\]"),
-        (np.full((20, 8, 8, 1), 255.0, np.float32), np.zeros(20, np.int64), "x must be scaled to \\[0, 1\\]"),
-        (np.zeros((20, 8, 8, 1), np.float32), np.full(20, 3, np.int64), "y must be class labels in \\[0, 2\\]"),
-        (np.zeros((20, 8, 8, 1), np.float32), np.full(20, -1, np.int64), "y must be class labels in \\[0, 2\\]"),
-        (np.zeros((20, 8, 8, 1), np.float32), np.zeros(20, np.float32), "y must hold integer class labels"),
+        (
+            np.zeros((20, 8, 8), np.float32),
+            np.zeros(20, np.int64),
+            "images must have shape \\[batch",
+        ),
+        (
+            np.zeros((20, 8, 8, 1), np.uint8),
+            np.zeros(20, np.int64),
+            "images must be floats in \\[0, 1\\]",
+        ),
+        (
+            np.full((20, 8, 8, 1), 255.0, np.float32),
+            np.zeros(20, np.int64),
+            "must be scaled to \\[0, 1\\]",
+        ),
+        (
+            np.zeros((20, 8, 8, 1), np.float32),
+            np.full(20, 3, np.int64),
+            "labels must be classes in \\[0, 2\\]",
+        ),
+        (
+            np.zeros((20, 8, 8, 1), np.float32),
+            np.full(20, -1, np.int64),
+            "labels must be classes in \\[0, 2\\]",
+        ),
+        (
+            np.zeros((20, 8, 8, 1), np.float32),
+            np.zeros(20, np.float32),
+            "labels must be integer classes",
+        ),
     ],
 )
 def test_bad_training_data_is_rejected_before_any_update(images, labels, message):
@@ -406,8 +483,12 @@ def test_compile_rejects_extra_metrics():
 
 def test_step_size_rule_max_epsilon_over_steps():
     model = make_model("deat", epsilon=0.1, step_size=0.02, step_size_rule="max_epsilon_over_steps")
-    assert [model.replay_step_size(steps) for steps in (1, 2, 4, 8)] == pytest.approx([0.1, 0.05, 0.025, 0.02])
-    assert make_model("deat", epsilon=0.1, step_size=0.02).replay_step_size(2) == pytest.approx(0.02)
+    assert [model.replay_step_size(steps) for steps in (1, 2, 4, 8)] == pytest.approx(
+        [0.1, 0.05, 0.025, 0.02]
+    )
+    assert make_model("deat", epsilon=0.1, step_size=0.02).replay_step_size(2) == pytest.approx(
+        0.02
+    )
 
 
 def test_pgd_uses_the_step_size_rule_inside_the_graph():
@@ -429,7 +510,9 @@ def test_pgd_uses_the_step_size_rule_inside_the_graph():
     for _ in range(2):
         gradient = manual_input_gradient(reference, x_adv, labels)
         x_adv = attacks.project(x_adv + 0.05 * tf.sign(gradient), images, epsilon)
-    expected_magnitude = float(tf.reduce_sum(tf.abs(manual_input_gradient(reference, x_adv, labels) * 0.5)))
+    expected_magnitude = float(
+        tf.reduce_sum(tf.abs(manual_input_gradient(reference, x_adv, labels) * 0.5))
+    )
     manual_update(reference, x_adv, labels, learning_rate)
     assert_step_matches(model, x, y, reference, expected_magnitude)
 

@@ -60,7 +60,9 @@ def test_dlr_losses_and_targets_by_hand():
         [(0 - 4) / (4 - 0.5), (3 - 1) / (3 - 0.5)],
         rtol=1e-6,
     )
-    np.testing.assert_array_equal(attacks.top_wrong_classes(logits, labels, 3), [[2, 1, 3], [1, 3, 0]])
+    np.testing.assert_array_equal(
+        attacks.top_wrong_classes(logits, labels, 3), [[2, 1, 3], [1, 3, 0]]
+    )
     np.testing.assert_allclose(
         attacks.attack_objective(logits, labels, "cw", targets), [-4.0, 2.0], rtol=1e-6
     )
@@ -125,9 +127,13 @@ def test_targeted_attack_reaches_the_stated_class_where_the_closed_form_says_it_
         # classified as t the targeted attack must end there.
         optimum = corner(x, (weights[:, target] - weights[:, y]).T, 0.15)
         reachable = np.asarray(model(optimum)).argmax(axis=1) == target
-        x_adv = np.asarray(attacks.apgd(model, x, y, 0.15, steps=20, loss="cw", target_labels=target))
+        x_adv = np.asarray(
+            attacks.apgd(model, x, y, 0.15, steps=20, loss="cw", target_labels=target)
+        )
         np.testing.assert_allclose(x_adv[reachable], optimum[reachable], atol=TOLERANCE)
-        np.testing.assert_array_equal(np.asarray(model(x_adv)).argmax(axis=1)[reachable], target[reachable])
+        np.testing.assert_array_equal(
+            np.asarray(model(x_adv)).argmax(axis=1)[reachable], target[reachable]
+        )
         reached_any += reachable.sum()
     assert reached_any > 10
 
@@ -191,9 +197,16 @@ def test_apgd_is_at_least_as_strong_as_pgd_with_the_same_budget(clean_mnist_netw
     def accuracy(x_adv):
         return np.mean(np.argmax(clean_mnist_network(x_adv, training=False), axis=-1) == y)
 
-    pgd = [accuracy(attacks.pgd(clean_mnist_network, x, y, epsilon, 2.5 * epsilon / steps, steps, seed=seed))
-           for seed in range(3)]
-    apgd = [accuracy(attacks.apgd(clean_mnist_network, x, y, epsilon, steps, seed=seed)) for seed in range(3)]
+    pgd = [
+        accuracy(
+            attacks.pgd(clean_mnist_network, x, y, epsilon, 2.5 * epsilon / steps, steps, seed=seed)
+        )
+        for seed in range(3)
+    ]
+    apgd = [
+        accuracy(attacks.apgd(clean_mnist_network, x, y, epsilon, steps, seed=seed))
+        for seed in range(3)
+    ]
     assert np.mean(apgd) <= np.mean(pgd), (apgd, pgd)
     assert np.mean(pgd) < accuracy(x)
 
@@ -205,7 +218,9 @@ def test_restarts_keep_the_per_example_worst_case(clean_mnist_network, mnist_sam
     def fooled(x_adv):
         return np.argmax(clean_mnist_network(x_adv, training=False), axis=-1) != y
 
-    singles = [fooled(attacks.apgd(clean_mnist_network, x, y, 0.08, 3, seed=seed)) for seed in range(3)]
+    singles = [
+        fooled(attacks.apgd(clean_mnist_network, x, y, 0.08, 3, seed=seed)) for seed in range(3)
+    ]
     combined = fooled(attacks.apgd(clean_mnist_network, x, y, 0.08, 3, restarts=3, seed=0))
     np.testing.assert_array_equal(combined, np.any(singles, axis=0))
 

@@ -57,7 +57,9 @@ def test_attacks_stay_in_bounds_on_real_digits(clean_mnist_network, mnist_sample
 
 @pytest.mark.parametrize("kind", ["uniform", "normal", "bernoulli", "zero"])
 def test_initial_perturbation_is_inside_the_ball(kind):
-    noise = attacks.initial_perturbation((64, 4, 4, 3), 0.1, kind, scale=0.5, seed=tf.constant([1, 2]))
+    noise = attacks.initial_perturbation(
+        (64, 4, 4, 3), 0.1, kind, scale=0.5, seed=tf.constant([1, 2])
+    )
     noise = np.asarray(noise)
     assert np.abs(noise).max() <= 0.1 + TOLERANCE
     if kind == "zero":
@@ -102,7 +104,9 @@ def test_restarts_keep_the_per_example_worst_case(clean_mnist_network, mnist_sam
         return fooled, loss
 
     singles = [
-        fooled_and_loss(attacks.pgd(clean_mnist_network, x, y, epsilon, step_size, steps, seed=seed))
+        fooled_and_loss(
+            attacks.pgd(clean_mnist_network, x, y, epsilon, step_size, steps, seed=seed)
+        )
         for seed in range(3)
     ]
     combined_fooled, combined_loss = fooled_and_loss(
@@ -127,7 +131,9 @@ def test_cw_margin_and_cross_entropy_by_hand():
         math.log(math.exp(5) + 1 + math.exp(-1)) - 5.0,
         math.log(3.0),
     ]
-    np.testing.assert_allclose(attacks.per_example_loss(logits, labels, "ce"), expected_ce, rtol=1e-5)
+    np.testing.assert_allclose(
+        attacks.per_example_loss(logits, labels, "ce"), expected_ce, rtol=1e-5
+    )
 
 
 def test_changing_the_step_count_does_not_retrace(rng):

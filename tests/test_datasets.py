@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from deat_tf import datasets
+from deat_tf import datasets, preprocessing
 
 
 def first_batch(dataset):
@@ -19,13 +19,15 @@ def all_examples(dataset):
 
 
 def test_mnist_sample_validation_is_the_end_of_the_training_split(mnist_sample):
-    pipelines = datasets.get_pipelines("mnist_sample", 100, 1000, test_examples=300, train_evaluation_examples=50)
+    pipelines = datasets.get_pipelines("mnist_sample", 100, 1000, train_evaluation_examples=50)
     assert pipelines.steps_per_epoch == 70
-    assert (pipelines.train_examples, pipelines.validation_examples, pipelines.test_examples) == (7000, 1000, 300)
+    assert (pipelines.train_examples, pipelines.validation_examples) == (7000, 1000)
     validation_images, validation_labels = all_examples(pipelines.validation)
     np.testing.assert_allclose(validation_images, mnist_sample["x_train"][7000:], atol=1e-6)
     np.testing.assert_array_equal(validation_labels, mnist_sample["y_train"][7000:])
-    test_images, _ = all_examples(pipelines.test)
+    test, size, _ = datasets.evaluation_split("mnist_sample", n_examples=300)
+    test_images, _ = all_examples(test.batch(100))
+    assert size == 300
     np.testing.assert_allclose(test_images, mnist_sample["x_test"][:300], atol=1e-6)
     subset_images, _ = all_examples(pipelines.train_evaluation)
     np.testing.assert_allclose(subset_images, mnist_sample["x_train"][:50], atol=1e-6)
@@ -53,7 +55,13 @@ def test_training_pipeline_is_reproducible_with_a_seed():
 def test_cifar_crop_flip_changes_training_images_only():
     with tfds.testing.mock_data(num_examples=16):
         pipelines = datasets.get_pipelines(
-            "cifar10", 16, 4, shuffle_buffer=1, seed=0, train_evaluation_examples=16, deterministic=True
+            "cifar10",
+            16,
+            4,
+            shuffle_buffer=1,
+            seed=0,
+            train_evaluation_examples=16,
+            deterministic=True,
         )
         augmented, _ = first_batch(pipelines.train)
         plain, _ = all_examples(pipelines.train_evaluation)
@@ -63,7 +71,9 @@ def test_cifar_crop_flip_changes_training_images_only():
     # Mock examples are random pixels: a shifted or flipped crop differs from the original.
     assert not np.allclose(augmented, plain[: len(augmented)])
     # Zero padding shows up as black borders in some crops.
-    assert (augmented[:, :4] == 0).all(axis=(1, 2, 3)).any() or (augmented[:, :, :4] == 0).all(axis=(1, 2, 3)).any()
+    assert (augmented[:, :4] == 0).all(axis=(1, 2, 3)).any() or (augmented[:, :, :4] == 0).all(
+        axis=(1, 2, 3)
+    ).any()
 
 
 def test_imagenet_crops_to_the_configured_size(tmp_path):
@@ -71,10 +81,13 @@ def test_imagenet_crops_to_the_configured_size(tmp_path):
         (tmp_path / name).touch()
     with tfds.testing.mock_data(num_examples=6):
         pipelines = datasets.get_pipelines(
-            "imagenet2012", 3, 3, image_size=48, manual_dir=str(tmp_path), test_examples=3
+            "imagenet2012", 3, 3, image_size=48, manual_dir=str(tmp_path)
         )
         train_images, _ = first_batch(pipelines.train)
-        test_images, test_labels = all_examples(pipelines.test)
+        test, _, _ = datasets.evaluation_split(
+            "imagenet2012", 3, manual_dir=str(tmp_path), image_size=48
+        )
+        test_images, test_labels = all_examples(test.batch(3))
     assert pipelines.spec.image_shape == (48, 48, 3) and pipelines.spec.num_classes == 1000
     assert train_images.shape == (3, 48, 48, 3) and test_images.shape == (3, 48, 48, 3)
     for images in (train_images, test_images):
@@ -85,14 +98,14 @@ def test_imagenet_crops_to_the_configured_size(tmp_path):
 def test_resize_center_crop_keeps_the_middle_of_the_image():
     image = np.zeros((100, 300, 3), np.uint8)
     image[:, 140:160] = 255  # a white stripe in the middle
-    cropped = datasets._resize_center_crop(tf.constant(image), 56).numpy()
+    cropped = preprocessing.resize_center_crop(tf.constant(image), 56).numpy()
     # Shorter side 100 -> 64, width 300 -> 192, then the central 56 x 56.
     assert cropped.shape == (56, 56, 3)
     assert cropped[:, 28].min() > 0.9 and cropped[:, 0].max() < 0.1
 
 
 def test_missing_imagenet_tars_raise_with_the_manual_folder(tmp_path):
-    with pytest.raises(datasets.DatasetError) as raised:
+    with pytest.raises(ValueError) as raised:
         datasets.prepare("imagenet2012", data_dir=str(tmp_path / "tfds"))
     message = str(raised.value)
     assert str(tmp_path / "tfds" / "downloads" / "manual") in message
@@ -114,7 +127,7 @@ def test_npz_arrays_of_uint8_digits(tmp_path, mnist_sample):
     assert pipelines.spec.image_shape == (28, 28, 1)
     assert pipelines.spec.num_classes == 10
     assert pipelines.spec.mean[0] == pytest.approx(x_train.mean() / 255, rel=1e-4)
-    assert (pipelines.train_examples, pipelines.steps_per_epoch, pipelines.test_examples) == (200, 4, 50)
+    assert (pipelines.train_examples, pipelines.steps_per_epoch) == (200, 4)
     images, _ = first_batch(pipelines.train)
     assert images.shape == (50, 28, 28, 1) and images.max() <= 1.0
 
@@ -124,15 +137,30 @@ def test_npz_arrays_of_uint8_digits(tmp_path, mnist_sample):
     [
         ({"x_train": np.zeros((4, 8, 8))}, "has no y_train, x_test, y_test"),
         (
-            {"x_train": np.full((4, 8, 8), 2.0), "y_train": np.zeros(4, int), "x_test": np.zeros((2, 8, 8)), "y_test": np.zeros(2, int)},
-            "float images must be scaled to [0, 1]",
+            {
+                "x_train": np.full((4, 8, 8), 2.0),
+                "y_train": np.zeros(4, int),
+                "x_test": np.zeros((2, 8, 8)),
+                "y_test": np.zeros(2, int),
+            },
+            "images must be scaled to [0, 1]",
         ),
         (
-            {"x_train": np.zeros((4, 8, 8)), "y_train": np.zeros(3, int), "x_test": np.zeros((2, 8, 8)), "y_test": np.zeros(2, int)},
+            {
+                "x_train": np.zeros((4, 8, 8)),
+                "y_train": np.zeros(3, int),
+                "x_test": np.zeros((2, 8, 8)),
+                "y_test": np.zeros(2, int),
+            },
             "x_train/y_train has 4 images but 3 labels",
         ),
         (
-            {"x_train": np.zeros((4, 8, 8)), "y_train": np.zeros(4), "x_test": np.zeros((2, 8, 8)), "y_test": np.zeros(2, int)},
+            {
+                "x_train": np.zeros((4, 8, 8)),
+                "y_train": np.zeros(4),
+                "x_test": np.zeros((2, 8, 8)),
+                "y_test": np.zeros(2, int),
+            },
             "labels must be integer classes",
         ),
     ],
@@ -140,38 +168,46 @@ def test_npz_arrays_of_uint8_digits(tmp_path, mnist_sample):
 def test_bad_npz_files_are_explained(tmp_path, arrays, message):
     path = tmp_path / "bad.npz"
     np.savez(path, **arrays)
-    with pytest.raises(datasets.DatasetError, match=None) as raised:
+    with pytest.raises(ValueError, match=None) as raised:
         datasets.prepare(f"npz:{path}")
     assert message in str(raised.value)
 
 
 @pytest.mark.parametrize(
     "name, message",
-    [("svhn", "unknown dataset 'svhn'"), ("npz:", "needs a file path"), ("npz:/no/such.npz", "does not exist")],
+    [
+        (
+            "svhn",
+            "dataset must be one of mnist, cifar10, cifar100, imagenet2012, mnist_sample, "
+            "npz:PATH; got 'svhn'",
+        ),
+        ("npz:", "needs a file path"),
+        ("npz:/no/such.npz", "does not exist"),
+    ],
 )
 def test_unknown_or_missing_datasets_are_explained(name, message):
-    with pytest.raises(datasets.DatasetError) as raised:
+    with pytest.raises(ValueError) as raised:
         datasets.prepare(name)
     assert message in str(raised.value)
 
 
 def test_sizes_that_leave_no_training_data_are_rejected():
-    with pytest.raises(datasets.DatasetError, match="leaves no training data"):
+    with pytest.raises(ValueError, match="leaves no training data"):
         datasets.get_pipelines("mnist_sample", 100, 8000)
-    with pytest.raises(datasets.DatasetError, match="larger than the 50 training examples"):
+    with pytest.raises(ValueError, match="larger than the 50 training examples"):
         datasets.get_pipelines("mnist_sample", 100, 7950)
-    with pytest.raises(datasets.DatasetError, match="unknown augmentation"):
+    with pytest.raises(ValueError, match="augmentation must be one of auto, none, crop_flip"):
         datasets.get_pipelines("mnist_sample", 100, 100, augmentation="mixup")
+    with pytest.raises(ValueError, match="shuffle_buffer must be an integer >= 1"):
+        datasets.get_pipelines("mnist_sample", 100, 100, shuffle_buffer=0)
 
 
-def test_evaluation_split_is_the_training_runs_test_split():
+def test_evaluation_split_is_the_sample_test_split(mnist_sample):
     dataset, size, classes = datasets.evaluation_split("mnist_sample", n_examples=50)
     images, labels = next(iter(dataset.batch(50)))
-    pipelines = datasets.get_pipelines("mnist_sample", batch_size=50, validation_size=100)
-    test_images, test_labels = next(iter(pipelines.test))
     assert (size, classes) == (50, 10)
-    np.testing.assert_array_equal(images.numpy(), test_images.numpy())
-    np.testing.assert_array_equal(labels.numpy(), test_labels.numpy())
+    np.testing.assert_allclose(images.numpy(), mnist_sample["x_test"][:50], atol=1e-6)
+    np.testing.assert_array_equal(labels.numpy(), mnist_sample["y_test"][:50])
 
 
 def test_evaluation_split_of_an_npz_file_needs_only_the_test_arrays(tmp_path):

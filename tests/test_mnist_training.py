@@ -16,7 +16,7 @@ def pgd20_accuracy(network, images, labels):
 
 
 def expected_counts(magnitudes, gamma, max_steps):
-    """ALGORITHM.md section 2, written out independently of the callback."""
+    """The M+ rule of docs/algorithm.md, written out independently of the callback."""
     counts, steps, threshold = [], 1, None
     for epoch, magnitude in enumerate(magnitudes):
         counts.append(steps)
@@ -29,7 +29,9 @@ def expected_counts(magnitudes, gamma, max_steps):
     return counts
 
 
-def test_m_plus_deat_raises_pgd_accuracy_far_above_clean_training(mnist_sample, clean_mnist_network):
+def test_m_plus_deat_raises_pgd_accuracy_far_above_clean_training(
+    mnist_sample, clean_mnist_network
+):
     keras.utils.set_random_seed(0)
     dataset = (
         tf.data.Dataset.from_tensor_slices((mnist_sample["x_train"], mnist_sample["y_train"]))
@@ -37,10 +39,15 @@ def test_m_plus_deat_raises_pgd_accuracy_far_above_clean_training(mnist_sample, 
         .batch(100)
         .prefetch(2)
     )
-    model = deat_tf.AdversarialModel(models.mnist_cnn(), method="deat", epsilon=EPSILON, step_size=1.25 * EPSILON)
+    model = deat_tf.AdversarialModel(
+        models.mnist_cnn(), method="deat", epsilon=EPSILON, step_size=1.25 * EPSILON
+    )
     model.compile(optimizer=keras.optimizers.Adam(2e-3))
     history = model.fit(
-        dataset, epochs=5, callbacks=[deat_tf.MagnitudeScheduler(gamma=1.01, max_steps=8)], verbose=0
+        dataset,
+        epochs=5,
+        callbacks=[deat_tf.MagnitudeScheduler(gamma=1.01, max_steps=8)],
+        verbose=0,
     ).history
 
     images, labels = mnist_sample["x_test"][:1000], mnist_sample["y_test"][:1000]

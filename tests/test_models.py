@@ -17,9 +17,13 @@ from deat_tf import models
         ("resnet50", (64, 64, 3), 1000, 2),
     ],
 )
-def test_registry_builds_logit_networks_with_the_dataset_statistics(name, input_shape, classes, width):
+def test_registry_builds_logit_networks_with_the_dataset_statistics(
+    name, input_shape, classes, width
+):
     mean, std = (0.5, 0.4, 0.3), (0.25, 0.2, 0.15)
-    network = models.get_model(name, input_shape, classes, mean[: input_shape[-1]], std[: input_shape[-1]], width)
+    network = models.get_model(
+        name, input_shape, classes, mean[: input_shape[-1]], std[: input_shape[-1]], width
+    )
     images = np.random.default_rng(0).uniform(size=(2,) + input_shape).astype(np.float32)
     logits = network(images, training=False)
     assert logits.shape == (2, classes)
@@ -28,7 +32,9 @@ def test_registry_builds_logit_networks_with_the_dataset_statistics(name, input_
 
 
 def test_resnet50_trains_one_step_at_a_small_size():
-    network = models.get_model("resnet50", (32, 32, 3), 5, models.IMAGENET_MEAN, models.IMAGENET_STD, width=2)
+    network = models.get_model(
+        "resnet50", (32, 32, 3), 5, models.IMAGENET_MEAN, models.IMAGENET_STD, width=2
+    )
     images = tf.random.uniform((4, 32, 32, 3))
     with tf.GradientTape() as tape:
         loss = keras.losses.sparse_categorical_crossentropy(
@@ -44,9 +50,13 @@ def trainable_parameters(network):
 
 def test_full_size_parameter_counts_match_the_reference_implementations():
     # torchvision's resnet50() and the TRADES WideResNet(depth=34, widen_factor=10).
-    resnet = models.get_model("resnet50", (224, 224, 3), 1000, models.IMAGENET_MEAN, models.IMAGENET_STD)
+    resnet = models.get_model(
+        "resnet50", (224, 224, 3), 1000, models.IMAGENET_MEAN, models.IMAGENET_STD
+    )
     assert trainable_parameters(resnet) == 25_557_032
-    wide = models.get_model("wide_resnet34_10", (32, 32, 3), 10, models.CIFAR10_MEAN, models.CIFAR10_STD)
+    wide = models.get_model(
+        "wide_resnet34_10", (32, 32, 3), 10, models.CIFAR10_MEAN, models.CIFAR10_STD
+    )
     assert trainable_parameters(wide) == 46_160_474
 
 
@@ -58,7 +68,9 @@ def test_strided_resnet_convolutions_pad_symmetrically():
 
 
 def test_network_round_trips_through_a_keras_file(tmp_path):
-    network = models.get_model("preact_resnet18", (32, 32, 3), 10, models.CIFAR10_MEAN, models.CIFAR10_STD, 4)
+    network = models.get_model(
+        "preact_resnet18", (32, 32, 3), 10, models.CIFAR10_MEAN, models.CIFAR10_STD, 4
+    )
     images = np.random.default_rng(1).uniform(size=(3, 32, 32, 3)).astype(np.float32)
     path = tmp_path / "network.keras"
     network.save(path)
@@ -69,9 +81,9 @@ def test_network_round_trips_through_a_keras_file(tmp_path):
 @pytest.mark.parametrize(
     "name, width, message",
     [
-        ("vgg16", None, "unknown model 'vgg16'"),
+        ("vgg16", None, "model must be one of mnist_cnn, preact_resnet18"),
         ("mnist_cnn", 4, "fixed width"),
-        ("preact_resnet18", 0, "width must be an integer >= 1"),
+        ("preact_resnet18", 0, "model_width must be an integer >= 1"),
     ],
 )
 def test_bad_model_requests_are_explained(name, width, message):

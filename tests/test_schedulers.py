@@ -1,4 +1,4 @@
-"""Schedule rules against hand-computed sequences (ALGORITHM.md sections 2 and 3)."""
+"""Schedule rules against hand-computed sequences (docs/algorithm.md sections 2 and 3)."""
 
 import math
 
@@ -29,7 +29,9 @@ def run_scripted(callback, model, logs_per_epoch, first_epoch=0):
         callback.on_epoch_begin(first_epoch + offset)
         callback.on_epoch_end(first_epoch + offset, logs)
         following.append(model.attack_steps)
-        assert logs["attack_steps"] == used[-1] and logs["next_attack_steps"] == following[-1]
+        assert logs["next_attack_steps"] == following[-1]
+        # The count used is the model's own metric; the scheduler does not log it again.
+        assert "attack_steps" not in logs
         thresholds.append(logs.get("threshold"))
     return used, following, thresholds
 
@@ -121,14 +123,19 @@ def test_state_round_trips_through_keras_file_and_checkpoint(tmp_path):
     restored = keras.models.load_model(path)
     checkpoint_path = tf.train.Checkpoint(model=model).save(str(tmp_path / "checkpoint"))
     from_checkpoint = tiny_model("deat")
-    tf.train.Checkpoint(model=from_checkpoint).restore(checkpoint_path).assert_existing_objects_matched()
+    tf.train.Checkpoint(model=from_checkpoint).restore(
+        checkpoint_path
+    ).assert_existing_objects_matched()
 
     for resumed in (restored, from_checkpoint):
         assert resumed.attack_steps == 3
         assert resumed.schedule_epochs == 4
         assert resumed.schedule_threshold == pytest.approx(205.03)
         used, following, thresholds = run_scripted(
-            deat_tf.MagnitudeScheduler(gamma=1.01, max_steps=4, verbose=0), resumed, logs[4:], first_epoch=4
+            deat_tf.MagnitudeScheduler(gamma=1.01, max_steps=4, verbose=0),
+            resumed,
+            logs[4:],
+            first_epoch=4,
         )
         # The resumed rule continues exactly where the uninterrupted one would be.
         assert used == EXPECTED_USED[4:]
@@ -140,7 +147,9 @@ def test_schedulers_reject_models_they_cannot_schedule():
     for method in ("free", "fgsm_rs", "none"):
         callback = deat_tf.MagnitudeScheduler()
         callback.set_model(tiny_model(method))
-        with pytest.raises(ValueError, match="schedules methods deat, pgd, trades, mart"):
+        with pytest.raises(
+            ValueError, match="changes the iteration count of methods deat, pgd, trades, mart only"
+        ):
             callback.on_train_begin()
     callback = deat_tf.MagnitudeScheduler()
     callback.set_model(keras.Sequential([keras.layers.Dense(1)]))
@@ -163,9 +172,12 @@ def test_missing_statistic_is_a_clear_error():
         (lambda: deat_tf.MagnitudeScheduler(gamma=0.0), "gamma must be > 0"),
         (lambda: deat_tf.MagnitudeScheduler(gamma=-1.0), "gamma must be > 0"),
         (lambda: deat_tf.MagnitudeScheduler(max_steps=0), "max_steps must be an integer >= 1"),
-        (lambda: deat_tf.MagnitudeScheduler(max_steps=2, initial_steps=3), "initial_steps must be <= max_steps"),
+        (
+            lambda: deat_tf.MagnitudeScheduler(max_steps=2, initial_steps=3),
+            "initial_steps must be <= max_steps",
+        ),
         (lambda: deat_tf.PeriodicScheduler(period=0), "period must be an integer >= 1"),
-        (lambda: deat_tf.AccuracyScheduler(threshold=1.5), "threshold must be an accuracy in \\[0, 1\\]"),
+        (lambda: deat_tf.AccuracyScheduler(threshold=1.5), "threshold must be in \\[0, 1\\]"),
     ],
 )
 def test_invalid_scheduler_arguments(make, message):
@@ -174,6 +186,19 @@ def test_invalid_scheduler_arguments(make, message):
 
 
 def test_callback_config_round_trip():
-    callback = deat_tf.MagnitudeScheduler(gamma=1.1, max_steps=4)
+    # Fields are asserted one by one: comparing get_config() with itself would
+    # pass even if get_config dropped a field and the default filled it in.
+    callback = deat_tf.MagnitudeScheduler(
+        gamma=1.1, max_steps=4, initial_steps=2, monitor="custom_magnitude", verbose=0
+    )
     rebuilt = deat_tf.MagnitudeScheduler(**callback.get_config())
-    assert rebuilt.get_config() == callback.get_config()
+    assert (rebuilt.gamma, rebuilt.max_steps, rebuilt.initial_steps) == (1.1, 4, 2)
+    assert (rebuilt.monitor, rebuilt.verbose) == ("custom_magnitude", 0)
+    periodic = deat_tf.PeriodicScheduler(
+        **deat_tf.PeriodicScheduler(period=5, max_steps=7).get_config()
+    )
+    assert (periodic.period, periodic.max_steps) == (5, 7)
+    accuracy = deat_tf.AccuracyScheduler(
+        **deat_tf.AccuracyScheduler(threshold=0.25, max_steps=3, monitor="other").get_config()
+    )
+    assert (accuracy.threshold, accuracy.max_steps, accuracy.monitor) == (0.25, 3, "other")

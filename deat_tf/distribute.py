@@ -1,0 +1,44 @@
+"""Distribution strategies by name, as `bin/train` and `bin/evaluate` choose them."""
+
+import tensorflow as tf
+
+from deat_tf import checks
+
+STRATEGIES = ("auto", "mirrored", "one_device")
+
+
+def make_strategy(name="auto"):
+    """The distribution strategy of a name.
+
+    Args:
+        name: "auto" (MirroredStrategy over all local GPUs when there are
+            several, else the default strategy), "mirrored" (all local GPUs,
+            or all logical CPUs when there is no GPU) or "one_device" (the
+            first GPU, else the CPU).
+
+    Returns:
+        A `tf.distribute.Strategy`.
+
+    Raises:
+        ValueError: For an unknown name.
+    """
+    checks.check_choice(name, STRATEGIES, "strategy")
+    gpus = [device.name for device in tf.config.list_logical_devices("GPU")]
+    if name == "auto":
+        return (
+            tf.distribute.MirroredStrategy(gpus) if len(gpus) > 1 else tf.distribute.get_strategy()
+        )
+    if name == "mirrored":
+        devices = gpus or [device.name for device in tf.config.list_logical_devices("CPU")]
+        return tf.distribute.MirroredStrategy(devices)
+    return tf.distribute.OneDeviceStrategy(gpus[0] if gpus else "/cpu:0")
+
+
+def device_names(strategy):
+    """The devices a strategy trains on, for the run summary."""
+    try:
+        return list(strategy.extended.worker_devices)
+    except RuntimeError:
+        # The default strategy places work on the first GPU, else the CPU.
+        devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+        return [devices[0].name]

@@ -1,0 +1,144 @@
+"""The training methods, one row each: every fact the rest of the package needs about them.
+
+`AdversarialModel` reads its defaults here, the schedulers their starting
+count, the run summary the cost of a minibatch and the name of the count.
+
+Families:
+
+- "replay" (deat, free): each minibatch is replayed r times; every replay is
+  one forward and one backward whose gradients move both the perturbation and
+  the weights (one optimizer update per replay).
+- "attack_then_update" (pgd, trades, mart): a K-step attack without updates,
+  then one update on the result. K = 0 trains on the random start.
+- "single_step" (fgsm_rs): one attack step, then one update.
+- "clean" (none): ordinary training, the baseline for cost ratios.
+"""
+
+import dataclasses
+
+from deat_tf import checks
+
+FAMILIES = ("replay", "attack_then_update", "single_step", "clean")
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """What distinguishes one training method.
+
+    Attributes:
+        name: The method's name, as `AdversarialModel(method=...)` takes it.
+        family: One of `FAMILIES`.
+        default_steps: Iteration count when none is given.
+        minimum_steps: Smallest allowed count.
+        fixed_steps: Whether the count cannot be changed (fgsm_rs, none).
+        scheduled_start: Count of epoch 0 under an iteration-count scheduler;
+            None when the method's count is not scheduled.
+        step_size_factor: Default attack step as a multiple of epsilon.
+        initialization: Default random start ("uniform", "normal", ...).
+        initialization_scale: Default size of the random start; None means epsilon.
+        extra_passes: Forward+backward passes per minibatch beyond one per
+            iteration (the update of pgd; the clean and adversarial forwards of
+            trades and mart; the update after fgsm_rs's single step).
+        count_symbol: How the paper names the count: "r" (replays) or "K" (steps).
+    """
+
+    name: str
+    family: str
+    default_steps: int
+    minimum_steps: int
+    fixed_steps: bool
+    scheduled_start: int | None
+    step_size_factor: float
+    initialization: str
+    initialization_scale: float | None
+    extra_passes: int
+    count_symbol: str
+
+    @property
+    def replays(self):
+        """Whether minibatches are replayed (the perturbation may then be carried)."""
+        return self.family == "replay"
+
+    @property
+    def schedulable(self):
+        """Whether an iteration-count scheduler may change this method's count."""
+        return self.scheduled_start is not None
+
+    def passes_per_minibatch(self, steps):
+        """Forward+backward passes one minibatch costs with `steps` iterations.
+
+        Args:
+            steps: The iteration count r or K.
+
+        Returns:
+            r for deat/free, K + 1 for pgd, K + 2 for trades and mart, 2 for
+            fgsm_rs, 1 for clean training.
+        """
+        return steps + self.extra_passes
+
+
+# Attack steps of the attack-then-update methods are a quarter of epsilon
+# (2/255 at 8/255); replay and single-step methods take 1.25 epsilon (10/255).
+_ROWS = (
+    Method("deat", "replay", 1, 1, False, 1, 1.25, "uniform", None, 0, "r"),
+    Method("free", "replay", 8, 1, False, None, 1.25, "uniform", None, 0, "r"),
+    Method("pgd", "attack_then_update", 7, 0, False, 0, 0.25, "uniform", None, 1, "K"),
+    # TRADES starts its attack next to x, as in its reference code.
+    Method("trades", "attack_then_update", 10, 0, False, 0, 0.25, "normal", 0.001, 2, "K"),
+    Method("mart", "attack_then_update", 10, 0, False, 0, 0.25, "uniform", None, 2, "K"),
+    Method("fgsm_rs", "single_step", 1, 1, True, None, 1.25, "uniform", None, 1, "K"),
+    Method("none", "clean", 0, 0, True, None, 1.25, "uniform", None, 1, "K"),
+)
+METHODS = {row.name: row for row in _ROWS}
+NAMES = tuple(METHODS)
+SCHEDULED = tuple(name for name, row in METHODS.items() if row.schedulable)
+REPLAYING = tuple(name for name, row in METHODS.items() if row.replays)
+
+
+def get(name):
+    """The `Method` row of a method name.
+
+    Args:
+        name: One of `NAMES`.
+
+    Returns:
+        The `Method`.
+
+    Raises:
+        ValueError: For an unknown name.
+    """
+    return METHODS[checks.check_choice(name, NAMES, "method")]
+
+
+def check_scheduler(scheduler, method):
+    """Refuses a scheduler for a method whose count is fixed.
+
+    Args:
+        scheduler: A scheduler name ("none" always passes) or callback class name.
+        method: The method name.
+
+    Raises:
+        ValueError: If `method` is not in `SCHEDULED`.
+    """
+    if scheduler != "none" and not get(method).schedulable:
+        raise ValueError(
+            f"scheduler {scheduler} changes the iteration count of methods "
+            f"{', '.join(SCHEDULED)} only; method {method} has a fixed count (use scheduler none)."
+        )
+
+
+def check_carry(carry_perturbation, method):
+    """Refuses a carried perturbation for a method that does not replay minibatches.
+
+    Args:
+        carry_perturbation: Whether the perturbation is carried across minibatches.
+        method: The method name.
+
+    Raises:
+        ValueError: If carrying is asked for a method outside `REPLAYING`.
+    """
+    if carry_perturbation and not get(method).replays:
+        raise ValueError(
+            f"carry_perturbation applies to methods {', '.join(REPLAYING)} only, "
+            f"not method {method}."
+        )
