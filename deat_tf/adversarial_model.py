@@ -164,6 +164,7 @@ class AdversarialModel(keras.Model):
         self._adversarial_accuracy = keras.metrics.SparseCategoricalAccuracy(name="adv_accuracy")
         self._grad_magnitude = keras.metrics.Sum(name="grad_magnitude")
         self._attack_steps_metric = keras.metrics.Mean(name="attack_steps")
+        self._non_finite_gradients = keras.metrics.Sum(name="non_finite_gradients")
         self._clean_accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
         self._robust_accuracy = keras.metrics.SparseCategoricalAccuracy(name="robust_accuracy")
         if network.built:
@@ -315,6 +316,7 @@ class AdversarialModel(keras.Model):
             self._adversarial_accuracy,
             self._grad_magnitude,
             self._attack_steps_metric,
+            self._non_finite_gradients,
         ]
 
     def _results(self):
@@ -339,11 +341,30 @@ class AdversarialModel(keras.Model):
         self.built = True
 
     def make_train_function(self, force=False):
+        self._check_synchronized_batch_norm()
         steps = self.attack_steps
         if self._method.replays and steps != self._traced_steps:
             force = True
         self._traced_steps = steps
         return super().make_train_function(force=force)
+
+    def _check_synchronized_batch_norm(self):
+        """Refuses synchronised BatchNorm where the attack loop would need to synchronise."""
+        replicas = self.distribute_strategy.num_replicas_in_sync
+        if replicas == 1 or self._method.family != "attack_then_update":
+            return
+        synchronized = [
+            layer.name
+            for layer in _all_layers(self.network)
+            if isinstance(layer, keras.layers.BatchNormalization) and layer.synchronized
+        ]
+        if synchronized:
+            # Its cross-replica reduction cannot run inside the attack's tf.while_loop.
+            raise ValueError(
+                f"method {self.method} runs its attack in a loop that cannot synchronise "
+                f"BatchNorm across {replicas} replicas; layers {', '.join(synchronized)} have "
+                "synchronized=True: use per-replica BatchNorm (synchronized=False) or method deat."
+            )
 
     def fit(self, x=None, y=None, batch_size=None, **kwargs):
         """`keras.Model.fit`, after checking the data (before any update).
@@ -365,7 +386,7 @@ class AdversarialModel(keras.Model):
                 num_classes=self._num_classes(images),
             )
             if self.carry_perturbation:
-                self._prepare_carried_perturbation(global_batch, images.shape[1:])
+                self.prepare_carried_perturbation(global_batch, images.shape[1:])
         elif self.carry_perturbation and self._carried.variable is None:
             raise ValueError(
                 "carry_perturbation needs fit() to receive a tf.data.Dataset or arrays, so "
@@ -381,7 +402,16 @@ class AdversarialModel(keras.Model):
             classes = self.network(images[:1], training=False).shape[-1]
         return classes
 
-    def _prepare_carried_perturbation(self, global_batch, image_shape):
+    def prepare_carried_perturbation(self, global_batch, image_shape):
+        """Creates the carried perturbation buffer (carry_perturbation only), zero.
+
+        `fit` calls it from its first batch; call it yourself to restore the
+        buffer from a checkpoint before training (see `carried_perturbation`).
+
+        Args:
+            global_batch: Examples per minibatch over all replicas.
+            image_shape: (height, width, channels) of the images.
+        """
         replicas = self.distribute_strategy.num_replicas_in_sync
         shape = (int(math.ceil(global_batch / replicas)),) + tuple(int(d) for d in image_shape)
         variable = self._carried.variable
@@ -396,6 +426,11 @@ class AdversarialModel(keras.Model):
                 name="carried_perturbation",
             )
         self.train_function = None
+
+    @property
+    def carried_perturbation(self):
+        """The carried perturbation buffer (one per replica), or None before it exists."""
+        return self._carried.variable
 
     # --------------------------------------------------------------- train step
 
@@ -502,9 +537,13 @@ class AdversarialModel(keras.Model):
         input_gradient = None
         if want_input_gradient:
             input_gradient = tf.cast(gradients.pop(), tf.float32) / loss_scale
-            input_gradient = tf.where(
-                tf.math.is_finite(input_gradient), input_gradient, tf.zeros_like(input_gradient)
+            # A non-finite value would make the sign step NaN and poison x_adv:
+            # it is zeroed, and counted so that guards.NonFiniteGuard can warn.
+            finite = tf.math.is_finite(input_gradient)
+            self._non_finite_gradients.update_state(
+                tf.reduce_sum(tf.cast(tf.logical_not(finite), tf.float32))
             )
+            input_gradient = tf.where(finite, input_gradient, tf.zeros_like(input_gradient))
         if self.l2_weight_decay:
             replicas = tf.distribute.get_strategy().num_replicas_in_sync
             # Gradients are summed over replicas, so each adds its share of the L2 term.
@@ -701,6 +740,12 @@ class AdversarialModel(keras.Model):
 
 def _identity(images):
     return images
+
+
+def _all_layers(model):
+    for layer in getattr(model, "layers", ()):
+        yield layer
+        yield from _all_layers(layer)
 
 
 def _per_replica_share(loss):

@@ -20,7 +20,7 @@ import sys
 
 from absl import app, flags, logging
 
-from deat_tf import checks, distribute, evaluation
+from deat_tf import checks, distribute, evaluation, guards
 from deat_tf import config as config_lib
 
 TRAIN_PROGRAM = "bin/train"
@@ -147,7 +147,14 @@ def define_train_flags(flag_values):
     flags.DEFINE_string(
         "workdir",
         None,
-        "Output folder (created; must not hold an earlier run).",
+        "Output folder: new, or holding an unfinished run with the same settings, which is "
+        "resumed after its last finished epoch (a finished run is not trained again).",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_boolean(
+        "restart",
+        False,
+        "Start over in a workdir that holds an earlier run (its outputs are deleted).",
         flag_values=flag_values,
     )
     for name in config_lib.FIELDS:
@@ -197,16 +204,23 @@ def train(flag_values, program=TRAIN_PROGRAM):
         The summary dict.
 
     Raises:
-        SystemExit: With `program: error: message` for bad input, before any work.
+        SystemExit: With `program: error: message` and status 1 for bad input,
+            before any work, and when training stopped on non-finite values or
+            an output could not be written.
     """
     from deat_tf import train as train_lib
 
     try:
         config = config_from_flags(flag_values)
-        run = train_lib.prepare(config, flag_values.workdir)
+        run = train_lib.prepare(config, flag_values.workdir, restart=flag_values.restart)
     except ValueError as error:
         _exit_with_error(program, error)
-    return run.execute()
+    try:
+        return run.execute()
+    except guards.TrainingStopped as error:
+        # A guard stopped training or an output could not be written: the
+        # message says where and what was kept; a traceback would add nothing.
+        _exit_with_error(program, error)
 
 
 def run_train(arguments, program=TRAIN_PROGRAM):

@@ -47,7 +47,8 @@ class TrainConfig:
         image_size: Crop size for ImageNet (None: 224).
         augmentation: auto, none, crop_flip or random_resized_crop_flip.
         shuffle_buffer: Shuffle buffer of the training pipeline, in examples.
-        deterministic: Keep the input pipeline's element order fixed.
+        deterministic: Bit-identical reruns and resumes: a fixed input order and
+            deterministic TensorFlow kernels (enable_op_determinism; slower).
 
     Model:
         model: mnist_cnn, preact_resnet18, wide_resnet34_10 or resnet50.
@@ -102,6 +103,9 @@ class TrainConfig:
         jit_compile: XLA-compile the train and test steps (Keras compile(jit_compile=True)).
         seed: Seed of weights, random starts, shuffling and augmentation.
         progress_bar: Show Keras' per-epoch progress bar.
+        stop_on_collapse: Stop when training collapses to chance or overfits
+            catastrophically (`deat_tf.guards`), keeping the best checkpoint;
+            off, the guards only warn.
     """
 
     dataset: str = "mnist_sample"
@@ -156,6 +160,7 @@ class TrainConfig:
     jit_compile: bool = False
     seed: int = 0
     progress_bar: bool = True
+    stop_on_collapse: bool = True
 
     def __post_init__(self):
         for field in dataclasses.fields(self):

@@ -34,6 +34,7 @@ the training element order fixed. Evaluation pipelines always keep their order.
 """
 
 import dataclasses
+import functools
 import os
 
 import numpy as np
@@ -136,7 +137,8 @@ class Pipelines:
     """The input pipelines of a run and their sizes.
 
     Attributes:
-        train: Infinite dataset of full global batches, augmented and shuffled.
+        train: Dataset of full global batches, augmented and shuffled, from
+            epoch 0 (endless when `get_pipelines` got no `epochs`).
         validation: Finite dataset of the carved validation split (not augmented).
         train_evaluation: Finite dataset of the first training examples without
             augmentation (for the clean training accuracy), or None.
@@ -145,6 +147,8 @@ class Pipelines:
             or None when the split size is unknown (mocked TFDS data).
         train_examples: Training examples after carving, or None when unknown.
         validation_examples: Examples in the validation split.
+        training: Function initial epoch -> the training batches from that
+            epoch on, the same batches a run from epoch 0 would see there.
     """
 
     train: tf.data.Dataset
@@ -154,6 +158,7 @@ class Pipelines:
     steps_per_epoch: int
     train_examples: int
     validation_examples: int
+    training: object = dataclasses.field(default=None, repr=False)
 
 
 def load_mnist_sample(path=MNIST_SAMPLE_PATH):
@@ -430,23 +435,60 @@ def _options(deterministic):
     return options
 
 
-def _training_pipeline(dataset, preprocess, batch_size, shuffle_buffer, seed, deterministic, cache):
-    if cache:
-        dataset = dataset.cache()
-    dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.repeat()
-    # The position in the endless stream seeds each example's augmentation, so
-    # the random crops do not depend on thread scheduling.
-    dataset = dataset.enumerate()
+def _epoch_seed(seed, epoch):
+    """The shuffle seed of one epoch: a Python int, as `Dataset.shuffle` needs."""
+    return int(seed) * 1_000_003 + int(epoch)
 
-    def augment(position, example):
-        image, label = example
-        example_seed = tf.stack([tf.constant(seed, tf.int64), position])
-        return preprocess(image, example_seed), label
 
-    dataset = dataset.map(augment, num_parallel_calls=_AUTOTUNE)
-    dataset = dataset.batch(batch_size, drop_remainder=True, num_parallel_calls=_AUTOTUNE)
-    return dataset.prefetch(_AUTOTUNE).with_options(_options(deterministic))
+def _training_stream(
+    source, preprocess, batch_size, shuffle_buffer, seed, deterministic, epochs, steps_per_epoch
+):
+    """A function initial epoch -> the training batches of epochs [initial, epochs).
+
+    Every epoch is built on its own, from seeds that depend only on (seed,
+    epoch): its shuffle order and each example's augmentation (seeded by its
+    position in the epoch). So the batches of epoch e are the same whether the
+    run started at epoch 0 or resumed at e, which exact resume needs; and each
+    epoch has exactly `steps_per_epoch` full batches, as the M+ rule assumes.
+    Without `epochs`, an endless stream reshuffled at every pass (not resumable).
+    """
+
+    def augment_epoch(dataset, epoch):
+        def augment(position, example):
+            image, label = example
+            # A stateless seed is two int64s: (seed, position in the whole run).
+            example_seed = tf.stack([tf.constant(seed, tf.int64), epoch * (1 << 32) + position])
+            return preprocess(image, example_seed), label
+
+        dataset = dataset.enumerate().map(augment, num_parallel_calls=_AUTOTUNE)
+        return dataset.batch(batch_size, drop_remainder=True, num_parallel_calls=_AUTOTUNE)
+
+    def finish(dataset):
+        return dataset.prefetch(_AUTOTUNE).with_options(_options(deterministic))
+
+    def stream(initial_epoch=0):
+        if epochs is None:
+            if initial_epoch:
+                raise ValueError(
+                    "initial_epoch needs the number of epochs (get_pipelines(epochs=...))."
+                )
+            endless = source.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+            return finish(augment_epoch(endless.repeat(), 0))
+        checks.check_count(initial_epoch, "initial_epoch", 0)
+        if initial_epoch >= epochs:
+            raise ValueError(f"initial_epoch must be < epochs ({epochs}), got {initial_epoch}.")
+        parts = []
+        for epoch in range(initial_epoch, epochs):
+            # Not reshuffled per iteration: the order must not depend on how
+            # often the dataset was iterated before (fit peeks at a batch first).
+            shuffled = source.shuffle(
+                shuffle_buffer, seed=_epoch_seed(seed, epoch), reshuffle_each_iteration=False
+            )
+            one_epoch = shuffled.repeat().take(steps_per_epoch * batch_size)
+            parts.append(augment_epoch(one_epoch, epoch))
+        return finish(functools.reduce(lambda first, second: first.concatenate(second), parts))
+
+    return stream
 
 
 def _evaluation_pipeline(dataset, preprocess, batch_size, cache, limit=None):
@@ -537,6 +579,8 @@ def get_pipelines(
     train_evaluation_examples=0,
     seed=0,
     deterministic=False,
+    epochs=None,
+    steps_per_epoch=None,
 ):
     """Builds the training and validation pipelines of a dataset.
 
@@ -555,6 +599,10 @@ def get_pipelines(
             (0: no such pipeline).
         seed: Seed of shuffling and augmentation.
         deterministic: Keep the element order of parallel maps fixed.
+        epochs: Number of epochs of the run. With it, every epoch is shuffled
+            and augmented from its own seeds and `Pipelines.training` can start
+            at any epoch (resume); without it the stream is endless.
+        steps_per_epoch: Batches per epoch (None: the training examples // batch_size).
 
     Returns:
         A `Pipelines`.
@@ -578,17 +626,32 @@ def get_pipelines(
 
     train_source, train_examples = source(f"train[:-{validation_size}]")
     validation_source, _ = source(f"train[-{validation_size}:]")
+    if epochs is not None:
+        checks.check_count(epochs, "epochs", 1)
+    if steps_per_epoch is None:
+        # TFDS knows its split sizes once prepared; mocked data does not, and the
+        # table's size then stands in (the mocked examples repeat within an epoch).
+        known = (
+            train_examples
+            if train_examples is not None
+            else (dataset_spec.train_examples - validation_size)
+        )
+        steps_per_epoch = known // batch_size
+    checks.check_count(steps_per_epoch, "steps_per_epoch", 1)
     # Decoded 28x28 and 32x32 datasets fit in memory; ImageNet streams from disk
     # (10,000 decoded 224x224 validation images alone would take 6 GB).
     cache = name != "imagenet2012"
-    train = _training_pipeline(
+    if cache and parse_name(name)[0] == "tfds":
+        train_source = train_source.cache()
+    training = _training_stream(
         train_source,
         train_preprocess,
         batch_size,
         shuffle_buffer,
         seed,
         deterministic,
-        cache and parse_name(name)[0] == "tfds",
+        epochs,
+        steps_per_epoch,
     )
     validation = _evaluation_pipeline(
         validation_source, evaluation_preprocess, evaluation_batch_size, cache=cache
@@ -600,13 +663,14 @@ def get_pipelines(
             subset, evaluation_preprocess, evaluation_batch_size, cache=cache
         )
     return Pipelines(
-        train=train,
+        train=training(0),
         validation=validation,
         train_evaluation=train_evaluation,
         spec=spec,
-        steps_per_epoch=None if train_examples is None else train_examples // batch_size,
+        steps_per_epoch=steps_per_epoch,
         train_examples=train_examples,
         validation_examples=validation_size,
+        training=training,
     )
 
 

@@ -30,16 +30,27 @@ per-replica batch statistics. The learning rate is not rescaled: the recipes'
 rates are for their global batch.
 """
 
+import contextlib
 import dataclasses
 import math
 import os
 import shutil
+import sys
 import time
 
 import keras
 import tensorflow as tf
 
-from deat_tf import checks, datasets, distribute, evaluation, learning_rates, methods, models
+from deat_tf import (
+    checks,
+    datasets,
+    distribute,
+    evaluation,
+    guards,
+    learning_rates,
+    methods,
+    models,
+)
 from deat_tf import workdir as workdir_lib
 from deat_tf.adversarial_model import AdversarialModel
 from deat_tf.schedulers import AccuracyScheduler, MagnitudeScheduler, PeriodicScheduler
@@ -157,6 +168,9 @@ class Run:
     Attributes:
         config: The `TrainConfig`.
         workdir: Absolute path of the output folder.
+        mode: "new", "resume" (the workdir holds an unfinished run with the
+            same settings), "restart" (start over in it) or "finished"
+            (nothing to do; the other attributes are None).
         strategy: The distribution strategy.
         pipelines: The `datasets.Pipelines`.
         steps_per_epoch: Minibatches per epoch.
@@ -166,23 +180,26 @@ class Run:
 
     config: object
     workdir: str
-    strategy: tf.distribute.Strategy
-    pipelines: datasets.Pipelines
-    steps_per_epoch: int
-    model: AdversarialModel
-    scheduler: keras.callbacks.Callback
+    mode: str
+    strategy: tf.distribute.Strategy = None
+    pipelines: datasets.Pipelines = None
+    steps_per_epoch: int = None
+    model: AdversarialModel = None
+    scheduler: keras.callbacks.Callback = None
 
     def execute(self):
         """Trains, saves and evaluates; returns the summary dict (also in summary.json)."""
         return _execute(self)
 
 
-def prepare(config, workdir):
+def prepare(config, workdir, restart=False):
     """Checks and builds everything a run needs, before anything is downloaded or written.
 
     Args:
         config: A `TrainConfig`.
-        workdir: Output folder; new or empty.
+        workdir: Output folder: new or empty, or holding an unfinished run with
+            the same settings (which is then resumed).
+        restart: Start over in a workdir that holds an earlier run.
 
     Returns:
         A `Run`.
@@ -190,7 +207,13 @@ def prepare(config, workdir):
     Raises:
         ValueError: For bad input, naming the setting and what it accepts.
     """
-    workdir = workdir_lib.check_workdir(workdir)
+    workdir, mode = workdir_lib.check_workdir(workdir, config.to_dict(), restart)
+    if mode == "finished":
+        return Run(config, workdir, mode)
+    if config.deterministic:
+        # Bit-identical reruns and resumes need deterministic kernels too, not
+        # only a fixed input order (the same as TF_DETERMINISTIC_OPS=1).
+        tf.config.experimental.enable_op_determinism()
     strategy = distribute.make_strategy(config.strategy)
     replicas = strategy.num_replicas_in_sync
     checks.check_count(config.batch_size, "batch_size", 1)
@@ -224,8 +247,10 @@ def prepare(config, workdir):
         train_evaluation_examples=config.train_accuracy_examples,
         seed=config.seed,
         deterministic=config.deterministic,
+        epochs=config.epochs,
+        steps_per_epoch=steps_per_epoch,
     )
-    return Run(config, workdir, strategy, pipelines, steps_per_epoch, model, scheduler)
+    return Run(config, workdir, mode, strategy, pipelines, steps_per_epoch, model, scheduler)
 
 
 def input_plan(config):
@@ -303,20 +328,27 @@ def _check_evaluation_settings(config):
         checks.check_positive(config.test_step_size, "test_step_size")
 
 
-def train_and_evaluate(config, workdir):
+def train_and_evaluate(config, workdir, restart=False):
     """Trains and evaluates one run; writes everything to `workdir`.
+
+    Running it again on the same workdir with the same config resumes an
+    interrupted run at its last finished epoch, and returns a finished run's
+    summary without training.
 
     Args:
         config: A `TrainConfig`.
-        workdir: Output folder; new or empty.
+        workdir: Output folder (see `prepare`).
+        restart: Start over in a workdir that holds an earlier run.
 
     Returns:
         The summary dict (also in workdir/summary.json).
 
     Raises:
         ValueError: For bad input, before anything is written.
+        guards.TrainingStopped: When a guard stopped training (non-finite
+            values) or an output could not be written.
     """
-    return prepare(config, workdir).execute()
+    return prepare(config, workdir, restart).execute()
 
 
 def _run_facts(run):
@@ -357,35 +389,60 @@ def _clean_evaluator(network, config, strategy):
 
 def _execute(run):
     config, workdir, model, pipelines = run.config, run.workdir, run.model, run.pipelines
-    count_name = methods.get(config.method).count_symbol
-    train_evaluator = None
-    if pipelines.train_evaluation is not None:
-        train_evaluator = (
-            _clean_evaluator(model.network, config, run.strategy),
-            pipelines.train_evaluation,
+    if run.mode == "finished":
+        stored = workdir_lib.read_summary(workdir)
+        print(
+            f"deat_tf: the run in {workdir} already finished ({stored['status']}, "
+            f"{stored['epochs_completed']} epochs); nothing to do (restart trains it again).",
+            flush=True,
         )
+        return stored
+    count_name = methods.get(config.method).count_symbol
+    if run.mode == "restart":
+        workdir_lib.clear_run(workdir)
     created = workdir_lib.create_workdir(workdir)
+    state = workdir_lib.RunState()
+    checkpoints = _checkpoints(run, state)
+    initial_epoch = 0
+    if run.mode == "resume" and checkpoints.restore_latest(warn=_warn):
+        initial_epoch = state.epochs_done
+        state.resumed_at.append(initial_epoch)
+        workdir_lib.complete_tensorboard(os.path.join(workdir, "tensorboard"), state.records)
+        print(f"deat_tf: resuming {workdir} after epoch {initial_epoch}.", flush=True)
+    summary = workdir_lib.RunSummary(
+        os.path.join(workdir, "summary.json"), _run_facts(run), config.epochs, count_name, state
+    )
     try:
         workdir_lib.write_json(os.path.join(workdir, "config.json"), config.to_dict())
-        os.makedirs(os.path.join(workdir, "checkpoints"))
-        summary = workdir_lib.RunSummary(
-            os.path.join(workdir, "summary.json"), _run_facts(run), config.epochs, count_name
-        )
+        os.makedirs(os.path.join(workdir, "checkpoints"), exist_ok=True)
         summary.write()
     except BaseException:
         # Nothing has trained yet: leave no partial workdir behind.
         if created:
             shutil.rmtree(created, ignore_errors=True)
         raise
-    checkpoints = workdir_lib.Checkpoints(os.path.join(workdir, "checkpoints"))
+    train_evaluator = None
+    if pipelines.train_evaluation is not None:
+        train_evaluator = (
+            _clean_evaluator(model.network, config, run.strategy),
+            pipelines.train_evaluation,
+        )
+    non_finite = guards.NonFiniteGuard(warn=_warn)
+    recorder = workdir_lib.RunRecorder(checkpoints, state, summary, pipelines.spec.num_classes)
+    collapse = guards.CollapseGuard(
+        state.records, pipelines.spec.num_classes, stop=config.stop_on_collapse, warn=_warn
+    )
+    # The order matters: the scheduler and the statistics add to the epoch
+    # logs, the recorder saves the epoch, then the guards and TensorBoard read it.
     callbacks = [run.scheduler] if run.scheduler is not None else []
     callbacks += [
         EpochStatistics(run.steps_per_epoch, config.batch_size, train_evaluator),
+        non_finite,
+        recorder,
+        collapse,
         keras.callbacks.TensorBoard(
             log_dir=os.path.join(workdir, "tensorboard"), write_graph=False, update_freq="epoch"
         ),
-        checkpoints,
-        summary,
     ]
     print(
         f"deat_tf: {config.method} on {config.dataset} ({pipelines.train_examples} train / "
@@ -396,32 +453,45 @@ def _execute(run):
         flush=True,
     )
     try:
-        model.fit(
-            pipelines.train,
-            epochs=config.epochs,
-            steps_per_epoch=run.steps_per_epoch,
-            validation_data=pipelines.validation,
-            callbacks=callbacks,
-            shuffle=False,  # the pipeline shuffles
-            verbose=1 if config.progress_bar else 0,
+        if initial_epoch < config.epochs:
+            model.fit(
+                pipelines.training(initial_epoch),
+                initial_epoch=initial_epoch,
+                epochs=config.epochs,
+                steps_per_epoch=run.steps_per_epoch,
+                validation_data=pipelines.validation,
+                callbacks=callbacks,
+                shuffle=False,  # the pipeline shuffles
+                verbose=1 if config.progress_bar else 0,
+            )
+        failure = non_finite.failure or (
+            recorder.skipped_epoch and f"non-finite weights after epoch {recorder.skipped_epoch}"
         )
-        workdir_lib.save_keras(model, os.path.join(workdir, "model.keras"))
-        workdir_lib.save_keras(model.network, os.path.join(workdir, "network.keras"))
-        summary.extra["test"] = {}
-        test_data = _test_data(config)
-        if test_data is not None:
-            summary.extra["test"]["last"] = _evaluate_test(model.network, test_data, config, run)
-        # The best weights replace the last ones in memory; model.keras above keeps the last.
-        checkpoints.checkpoint.read(checkpoints.best_path).expect_partial()
-        workdir_lib.save_keras(model.network, os.path.join(workdir, "best_network.keras"))
-        if test_data is not None:
-            summary.extra["test"]["best"] = _evaluate_test(model.network, test_data, config, run)
-        summary.status = "finished"
+        if failure:
+            kept = state.epochs_done
+            raise guards.TrainingStopped(
+                f"training stopped: {failure}; the last good checkpoint is "
+                + (
+                    f"epoch {kept} in {os.path.join(workdir, 'checkpoints', 'last')}"
+                    if kept
+                    else "none"
+                )
+                + "; lower the learning rate or check the data, then start over (restart)."
+            )
+        _finish(run, summary, state, checkpoints)
+        summary.status = f"stopped: {collapse.reason}" if collapse.reason else workdir_lib.FINISHED
+    except workdir_lib.WriteFailed as error:
+        summary.status = f"failed: {error}"
+        raise guards.TrainingStopped(str(error)) from error
+    except guards.TrainingStopped as error:
+        summary.status = f"failed: {error}"
+        raise
     except BaseException as error:
         summary.status = f"failed: {type(error).__name__}: {error}".splitlines()[0]
         raise
     finally:
-        summary.write()
+        with contextlib.suppress(OSError):
+            summary.write()
     print(summary.table())
     for name, result in summary.extra.get("test", {}).items():
         print(
@@ -434,6 +504,50 @@ def _execute(run):
         )
     print(f"workdir: {workdir}", flush=True)
     return summary.summary()
+
+
+def _warn(line):
+    print(line, file=sys.stderr, flush=True)
+
+
+def _checkpoints(run, state):
+    """The run's `Checkpoints`, with every variable they restore already created."""
+    model = run.model
+    extra = {}
+    with run.strategy.scope():
+        # Optimizer slots are created lazily; a restore needs them to exist.
+        model.optimizer.build(model.trainable_variables)
+        if model.carry_perturbation:
+            model.prepare_carried_perturbation(
+                run.config.batch_size, run.pipelines.spec.image_shape
+            )
+            extra["carried_perturbation"] = model.carried_perturbation
+    return workdir_lib.Checkpoints(os.path.join(run.workdir, "checkpoints"), model, state, extra)
+
+
+def _finish(run, summary, state, checkpoints):
+    """Saves the final models and evaluates the last and the best network on the test split."""
+    config, workdir, model = run.config, run.workdir, run.model
+    try:
+        workdir_lib.save_keras(model, os.path.join(workdir, "model.keras"))
+        workdir_lib.save_keras(model.network, os.path.join(workdir, "network.keras"))
+    except OSError as error:
+        raise workdir_lib.WriteFailed(summary.path, state, error) from error
+    summary.extra["test"] = {}
+    test_data = _test_data(config)
+    if test_data is not None:
+        summary.extra["test"]["last"] = _evaluate_test(model.network, test_data, config, run)
+    # The best weights replace the last ones in memory; model.keras above keeps the last.
+    # Reading the checkpoint also reads its history: the run's own is put back.
+    history = state.serialize()
+    checkpoints.checkpoint.read(checkpoints.best_checkpoint(state.best_epoch)).expect_partial()
+    state.deserialize(history)
+    try:
+        workdir_lib.save_keras(model.network, os.path.join(workdir, "best_network.keras"))
+    except OSError as error:
+        raise workdir_lib.WriteFailed(summary.path, state, error) from error
+    if test_data is not None:
+        summary.extra["test"]["best"] = _evaluate_test(model.network, test_data, config, run)
 
 
 def _test_data(config):

@@ -4,7 +4,8 @@
     summary.json           per-epoch records and totals, rewritten after each epoch
     tensorboard/train/     per-epoch training scalars (epoch_* tags)
     tensorboard/validation/
-    checkpoints/last/      tf.train.Checkpoint of model and optimizer, every epoch
+    checkpoints/last/      the two newest epoch-end checkpoints: model, optimizer slots,
+                           M+ state, epoch history (a resumed run starts from here)
     checkpoints/best/      the same, at the best validation PGD accuracy
     model.keras            the AdversarialModel after the last epoch (with optimizer state)
     network.keras          the bare classifier of model.keras (logits on [0, 1] images)
@@ -15,11 +16,12 @@ a crash never leaves a half-written file; TensorFlow writes checkpoints the
 same way.
 """
 
+import glob
 import json
 import math
 import os
+import shutil
 import tempfile
-import time
 
 import keras
 import tensorflow as tf
@@ -42,32 +44,46 @@ EPOCH_FIELDS = (
     "seconds",
     "images_per_second",
     "gradient_passes",
+    "non_finite_gradients",
 )
 
 
-def check_workdir(workdir):
-    """Checks that `workdir` is new or empty and can be written, creating nothing.
+# Settings that do not change what a run computes: a resumed run may change them.
+# Clean accuracy up to this multiple of chance counts as no better than chance.
+CHANCE_LEVEL_FACTOR = 1.5
+RUNTIME_FIELDS = ("progress_bar", "data_dir", "manual_dir", "download", "stop_on_collapse")
+FINISHED = "finished"
+
+
+def check_workdir(workdir, settings=None, restart=False):
+    """Decides what a run does with its workdir, changing nothing on disk.
+
+    A new or empty folder starts a run. A folder holding a run of this
+    package (its config.json) resumes it when the settings are the same, or
+    is reported finished when its summary says so; `restart` starts it over.
 
     Args:
         workdir: The output folder.
+        settings: The run's config as a dict (`TrainConfig.to_dict()`), to
+            compare with a stored run's config.json; None skips the comparison.
+        restart: Start over in a folder that holds an earlier run.
 
     Returns:
-        The absolute path.
+        (absolute path, mode): mode is "new", "resume", "finished" or "restart".
 
     Raises:
-        ValueError: If it holds files, is not a folder, or cannot be written.
+        ValueError: If the folder cannot be used: not a folder, not writable,
+            holding other files, or holding a run with other settings.
     """
     if not workdir:
         raise ValueError("workdir is required: a new or empty folder for the run's outputs.")
     path = os.path.abspath(os.path.expanduser(workdir))
+    mode = "new"
     if os.path.exists(path):
         if not os.path.isdir(path):
             raise ValueError(f"workdir {path} exists and is not a folder; pass a new folder.")
         if os.listdir(path):
-            raise ValueError(
-                f"workdir {path} already holds files (an earlier run?); pass a new workdir "
-                "or empty it."
-            )
+            mode = _existing_run(path, settings, restart)
         probe_parent = path
     else:
         probe_parent = _nearest_existing(os.path.dirname(path))
@@ -85,7 +101,55 @@ def check_workdir(workdir):
             f"workdir {path} is not writable (creating a folder in {probe_parent} failed: "
             f"{error.strerror or error}); pass a folder you can write to."
         ) from None
-    return path
+    return path, mode
+
+
+def _existing_run(path, settings, restart):
+    stored = _read_json(os.path.join(path, "config.json"))
+    if stored is None:
+        raise ValueError(
+            f"workdir {path} already holds files that are not a deat_tf run; pass a new "
+            "workdir or empty it."
+        )
+    if restart:
+        return "restart"
+    if settings is not None:
+        differences = [
+            f"{name} {stored.get(name)!r} -> {value!r}"
+            for name, value in settings.items()
+            if name not in RUNTIME_FIELDS and stored.get(name) != value
+        ]
+        if differences:
+            raise ValueError(
+                f"workdir {path} holds a run with other settings ({'; '.join(differences)}); "
+                "rerun with its settings to resume it, restart it, or pass a new workdir."
+            )
+    summary = read_summary(path)
+    if summary is not None and _is_done(summary.get("status", "")):
+        return "finished"
+    return "resume"
+
+
+def _is_done(status):
+    return status == FINISHED or status.startswith("stopped")
+
+
+def clear_run(path):
+    """Removes a run's outputs from its workdir (for a restart), keeping the folder."""
+    for name in os.listdir(path):
+        target = os.path.join(path, name)
+        if os.path.isdir(target) and not os.path.islink(target):
+            shutil.rmtree(target)
+        else:
+            os.remove(target)
+
+
+def _read_json(path):
+    try:
+        with open(path) as stream:
+            return json.load(stream)
+    except (OSError, ValueError):
+        return None
 
 
 def _nearest_existing(path):
@@ -166,88 +230,238 @@ def save_keras(model, path):
     _atomic_write(path, ".keras", model.save)
 
 
-# ------------------------------------------------------------------ callbacks
+# ---------------------------------------------------------------- run state
 
 
-class Checkpoints(keras.callbacks.Callback):
-    """Saves the last checkpoint every epoch and the best one by validation accuracy.
+class RunState(tf.train.experimental.PythonState):
+    """What a run knows beyond its variables: the epoch records and the best epoch.
+
+    It is saved inside every checkpoint, so weights, optimizer slots, the M+
+    state (model variables) and this history are restored together, from one
+    atomic save.
+
+    Attributes:
+        records: One dict per finished epoch (see `EPOCH_FIELDS`), in order.
+        best_key: (validation robust accuracy, validation accuracy) of the best epoch.
+        best_epoch: The best epoch, counted from 1, or None.
+        resumed_at: Epochs (counted from 0) at which the run was resumed.
+    """
+
+    def __init__(self):
+        self.records = []
+        self.best_key = None
+        self.best_epoch = None
+        self.resumed_at = []
+
+    def serialize(self):
+        return json.dumps(
+            json_ready(
+                {
+                    "records": self.records,
+                    "best_key": self.best_key,
+                    "best_epoch": self.best_epoch,
+                    "resumed_at": self.resumed_at,
+                }
+            )
+        )
+
+    def deserialize(self, string_value):
+        values = json.loads(string_value)
+        self.records = values["records"]
+        self.best_key = tuple(values["best_key"]) if values["best_key"] is not None else None
+        self.best_epoch = values["best_epoch"]
+        self.resumed_at = values["resumed_at"]
+
+    @property
+    def epochs_done(self):
+        """Number of finished epochs."""
+        return len(self.records)
+
+
+class Checkpoints:
+    """The run's checkpoints: checkpoints/last (every epoch) and checkpoints/best.
+
+    Each holds the model (with the M+ state in its variables), the optimizer
+    with its slots, the `RunState` and, for FREE's carried perturbation, its
+    buffer. Two of each are kept, so that a truncated or corrupted latest
+    checkpoint falls back to the one before. `tf.train.CheckpointManager` writes
+    atomically (data first, then the index of checkpoints). Keras'
+    `BackupAndRestore` saves weights and the epoch only, not the history or
+    the best epoch this run needs, and `ModelCheckpoint` monitors one value
+    where the best epoch is chosen on two (robust, then clean accuracy).
+
+    Args:
+        directory: The workdir's checkpoints folder.
+        model: The `AdversarialModel` (compiled, optimizer built).
+        state: The `RunState`.
+        extra: Other trackables to save, by name (e.g. the carried perturbation).
+    """
+
+    def __init__(self, directory, model, state, extra=None):
+        self.checkpoint = tf.train.Checkpoint(
+            model=model, optimizer=model.optimizer, run=state, **(extra or {})
+        )
+        self.last = tf.train.CheckpointManager(
+            self.checkpoint, os.path.join(directory, "last"), max_to_keep=2
+        )
+        self.best = tf.train.CheckpointManager(
+            self.checkpoint, os.path.join(directory, "best"), max_to_keep=2
+        )
+
+    def restore_latest(self, warn=print):
+        """Restores the newest readable `last` checkpoint; returns its path or None.
+
+        Args:
+            warn: Callable receiving a warning line when a checkpoint is skipped.
+
+        Raises:
+            ValueError: If checkpoints exist and none of them can be read.
+        """
+        paths = list(reversed(self.last.checkpoints))
+        for index, path in enumerate(paths):
+            try:
+                self.checkpoint.restore(path).assert_existing_objects_matched()
+            # A truncated file fails in the reader in several ways (OpError,
+            # IndexError, ValueError); any failure means: try the previous one.
+            except Exception as error:  # noqa: BLE001
+                following = paths[index + 1] if index + 1 < len(paths) else None
+                warn(
+                    f"warning: checkpoint {path} is unreadable ({_first_line(error)}); "
+                    + (f"falling back to {following}." if following else "no older one left.")
+                )
+                continue
+            return path
+        if paths:
+            raise ValueError(
+                f"no readable checkpoint in {os.path.dirname(paths[0])}; start the run over "
+                "(restart) or restore the folder."
+            )
+        return None
+
+    def best_checkpoint(self, epoch):
+        """The path of the `best` checkpoint saved at `epoch` (counted from 1), or None."""
+        for path in self.best.checkpoints:
+            if path.endswith(f"-{epoch}"):
+                return path
+        return None
+
+
+def _first_line(error):
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0][:200]
+
+
+class RunRecorder(keras.callbacks.Callback):
+    """After every epoch: the record, the best epoch, the checkpoints, summary.json, one line.
+
+    Place it after the callbacks that add to the epoch logs (scheduler,
+    statistics) and before TensorBoard: the checkpoint is written first, so a
+    crash afterwards loses nothing a resumed run cannot rebuild (see
+    `complete_tensorboard`). An epoch whose loss or weights are not finite is
+    not saved: the last good checkpoint stays the newest.
 
     The best epoch has the highest `val_robust_accuracy` (PGD on the
     validation split), ties broken by `val_accuracy`; without a PGD
-    evaluation, the highest `val_accuracy`. Keras' `ModelCheckpoint` takes one
-    monitored value, not this pair, and `tf.train.Checkpoint` also saves the
-    optimizer slots that a resumed run needs.
+    evaluation, the highest `val_accuracy`. An epoch whose clean validation
+    accuracy is at chance level competes on clean accuracy only: a collapsed
+    network that predicts one class is as "robust" as it is accurate, and
+    must not win over a real one.
 
     Args:
-        directory: Folder receiving last/ and best/.
+        checkpoints: The run's `Checkpoints`.
+        state: Its `RunState`.
+        summary: Its `RunSummary`.
+        num_classes: Number of classes (sets the chance level).
     """
 
-    def __init__(self, directory):
+    def __init__(self, checkpoints, state, summary, num_classes):
         super().__init__()
-        self.directory = directory
-        self.best_epoch = None
-        self.best_key = None
-
-    def on_train_begin(self, logs=None):
-        self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.model.optimizer)
-        self.last = tf.train.CheckpointManager(
-            self.checkpoint, os.path.join(self.directory, "last"), max_to_keep=1
-        )
-        self.best = tf.train.CheckpointManager(
-            self.checkpoint, os.path.join(self.directory, "best"), max_to_keep=1
-        )
+        self.checkpoints = checkpoints
+        self.state = state
+        self.summary = summary
+        self.chance_level = CHANCE_LEVEL_FACTOR / max(int(num_classes), 1)
+        self.skipped_epoch = None
 
     def on_epoch_end(self, epoch, logs=None):
         logs = {} if logs is None else logs
-        self.last.save(checkpoint_number=epoch + 1)
-        key = (logs.get("val_robust_accuracy", -1.0), logs.get("val_accuracy", -1.0))
-        if self.best_key is None or key > self.best_key:
-            self.best_key = key
-            self.best_epoch = epoch
-            self.best.save(checkpoint_number=epoch + 1)
-        logs["best_epoch"] = float(self.best_epoch + 1)
+        record = {"epoch": epoch + 1}
+        # The rate at the epoch's end, the value Keras' TensorBoard logs too.
+        logs_with_rate = dict(
+            logs,
+            learning_rate=float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)),
+        )
+        for field in EPOCH_FIELDS:
+            if field in logs_with_rate:
+                record[field] = float(logs_with_rate[field])
+        if not _finite_state(record, self.model):
+            self.skipped_epoch = epoch + 1
+            return
+        clean = logs.get("val_accuracy", -1.0)
+        robust = logs.get("val_robust_accuracy", -1.0) if clean > self.chance_level else -1.0
+        key = (robust, clean)
+        record["best"] = self.state.best_key is None or key > tuple(self.state.best_key)
+        if record["best"]:
+            self.state.best_key = key
+            self.state.best_epoch = epoch + 1
+            for earlier in self.state.records:
+                earlier["best"] = False
+        self.state.records.append(record)
+        try:
+            if record["best"]:
+                self.checkpoints.best.save(checkpoint_number=epoch + 1)
+            self.checkpoints.last.save(checkpoint_number=epoch + 1)
+            self.summary.write()
+        except (OSError, tf.errors.OpError) as error:
+            raise WriteFailed(self.summary.path, self.state, error) from error
+        print(self.summary.epoch_line(record), flush=True)
 
-    @property
-    def best_path(self):
-        """Path prefix of the best checkpoint."""
-        return self.best.latest_checkpoint
+
+def _finite_state(record, model):
+    if not math.isfinite(record.get("loss", 0.0)):
+        return False
+    return all(
+        bool(tf.reduce_all(tf.math.is_finite(variable))) for variable in model.trainable_variables
+    )
 
 
-class RunSummary(keras.callbacks.Callback):
-    """Keeps per-epoch records, rewrites summary.json and prints one line per epoch.
+class WriteFailed(OSError):
+    """A checkpoint or report could not be written (disk full, workdir unwritable)."""
+
+    def __init__(self, path, state, error):
+        folder = os.path.dirname(path)
+        last = state.epochs_done - 1
+        kept = f"epoch {last}" if last > 0 else "none yet"
+        super().__init__(
+            f"cannot write to {folder} ({_first_line(error)}); the last good checkpoint "
+            f"({kept}) is intact: free space or fix the folder, then rerun the same command "
+            "to resume."
+        )
+
+
+class RunSummary:
+    """summary.json: the run's facts, per-epoch records, totals, test results and status.
 
     Args:
         path: summary.json path.
         run: Dict of run facts (dataset sizes, replicas, ...) stored in the summary.
         epochs: Planned epochs.
         count_name: "r" or "K", the name printed for the iteration count.
+        state: The `RunState` whose records it reports.
     """
 
-    def __init__(self, path, run, epochs, count_name):
-        super().__init__()
+    def __init__(self, path, run, epochs, count_name, state):
         self.path = path
         self.run = run
         self.epochs = epochs
         self.count_name = count_name
-        self.records = []
+        self.state = state
         self.status = "running"
-        self.started = time.perf_counter()
         self.extra = {}
 
-    def on_epoch_end(self, epoch, logs=None):
-        logs = dict(logs or {})
-        # The rate at the epoch's end, the value Keras' TensorBoard logs too.
-        logs["learning_rate"] = float(
-            keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)
-        )
-        record = {"epoch": epoch + 1}
-        for field in EPOCH_FIELDS:
-            if field in logs:
-                record[field] = float(logs[field])
-        record["best"] = int(logs.get("best_epoch", -1)) == epoch + 1
-        self.records.append(record)
-        self.write()
-        print(self.epoch_line(record), flush=True)
+    @property
+    def records(self):
+        """The epoch records so far."""
+        return self.state.records
 
     def epoch_line(self, record):
         """One line: epoch, r/K, magnitude, accuracies, lr, time."""
@@ -275,24 +489,26 @@ class RunSummary(keras.callbacks.Callback):
         return "  ".join(parts)
 
     def totals(self):
-        """Totals over the epochs recorded so far."""
+        """Totals over the epochs recorded so far, across interruptions."""
+        records = self.records
         return {
-            "epochs_completed": len(self.records),
-            "total_train_seconds": sum(record.get("train_seconds", 0.0) for record in self.records),
+            "epochs_completed": len(records),
+            "total_train_seconds": sum(record.get("train_seconds", 0.0) for record in records),
             "total_validation_seconds": sum(
-                record.get("validation_seconds", 0.0) for record in self.records
+                record.get("validation_seconds", 0.0) for record in records
             ),
-            "total_seconds": time.perf_counter() - self.started,
-            "gradient_passes": sum(record.get("gradient_passes", 0.0) for record in self.records),
-            "attack_steps_sum": sum(record.get("attack_steps", 0.0) for record in self.records),
+            "total_seconds": sum(record.get("seconds", 0.0) for record in records),
+            "gradient_passes": sum(record.get("gradient_passes", 0.0) for record in records),
+            "attack_steps_sum": sum(record.get("attack_steps", 0.0) for record in records),
         }
 
     def summary(self):
         """The summary.json content."""
-        best = [record for record in self.records if record["best"]]
         result = {"status": self.status, "run": self.run, "epochs": self.records}
         result.update(self.totals())
+        best = [record for record in self.records if record["best"]]
         result["best_epoch"] = best[-1] if best else None
+        result["resumed_at_epochs"] = list(self.state.resumed_at)
         result.update(self.extra)
         return result
 
@@ -324,3 +540,52 @@ class RunSummary(keras.callbacks.Callback):
             f"sum of {self.count_name} over epochs {totals['attack_steps_sum']:g}"
         )
         return "\n".join(lines)
+
+
+def read_summary(workdir):
+    """The summary.json of a workdir, or None when there is none or it is unreadable."""
+    return _read_json(os.path.join(workdir, "summary.json"))
+
+
+def complete_tensorboard(log_dir, records):
+    """Writes the epoch scalars of `records` that the event files lack.
+
+    Checkpoints are written before TensorBoard's events, so after a crash
+    between the two a resumed run finds an epoch recorded but not plotted;
+    this fills it in (with the fields the record keeps), and no epoch is
+    ever written twice.
+
+    Args:
+        log_dir: The run's tensorboard folder (with train/ and validation/).
+        records: The `RunState` records.
+    """
+    present = _tensorboard_epochs(os.path.join(log_dir, "train"), "epoch_loss")
+    missing = [record for record in records if record["epoch"] - 1 not in present]
+    if not missing:
+        return
+    writers = {
+        folder: tf.summary.create_file_writer(os.path.join(log_dir, folder))
+        for folder in ("train", "validation")
+    }
+    for record in missing:
+        for field, value in record.items():
+            if field in ("epoch", "best") or value is None:
+                continue
+            validation = field.startswith("val_")
+            folder, name = ("validation", field[4:]) if validation else ("train", field)
+            with writers[folder].as_default():
+                tf.summary.scalar(f"epoch_{name}", value, step=record["epoch"] - 1)
+    for writer in writers.values():
+        writer.close()
+
+
+def _tensorboard_epochs(folder, tag):
+    steps = set()
+    for path in sorted(glob.glob(os.path.join(folder, "events.out.tfevents.*"))):
+        try:
+            for event in tf.compat.v1.train.summary_iterator(path):
+                if any(value.tag == tag for value in event.summary.value):
+                    steps.add(int(event.step))
+        except tf.errors.DataLossError:
+            continue  # a file cut short by the crash; its complete events were read
+    return steps
