@@ -106,15 +106,46 @@ def test_changing_the_replay_count_takes_effect_in_the_next_epoch():
     assert history.history["attack_steps"] == [1, 2, 3, 3]
 
 
-def test_changing_k_for_pgd_does_not_retrace():
-    x, y = toy_data(2)
-    model = make_model("pgd", attack_steps=1)
-    model.fit(x, y, batch_size=10, epochs=1, verbose=0)
-    train_function = model.train_function
-    model.attack_steps = 5
-    history = model.fit(x, y, batch_size=10, epochs=1, verbose=0)
-    assert model.train_function is train_function
-    assert history.history["attack_steps"] == [5]
+@pytest.mark.numerics
+@pytest.mark.parametrize("method", ["pgd", "trades", "mart"])
+def test_a_changed_k_reaches_the_attack_loop_without_retracing(method):
+    x, y = toy_data(1, batch_size=16, seed=6)
+    models_by_steps = {}
+    for steps in (1, 3):
+        model = make_model(method, attack_steps=steps, network=counting_network(seed=9))
+        model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
+        models_by_steps[steps] = model
+    # Trained with K = 1 for a minibatch, then K = 3: the second minibatch must
+    # give what a model built with K = 3 gives from the same weights.
+    changed = make_model(method, attack_steps=1, network=counting_network(seed=9))
+    traces = []
+    train_step = changed.train_step
+
+    def counting_train_step(data):
+        traces.append(1)  # Python runs only while the step is traced
+        return train_step(data)
+
+    changed.train_step = counting_train_step
+    changed.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
+    tracing = len(traces)
+    changed.attack_steps = 3
+    reference = make_model(method, attack_steps=3, network=counting_network(seed=9))
+    reference.network.set_weights(changed.network.get_weights())
+    reference.optimizer.build(reference.trainable_variables)
+    reference._minibatch_counter.assign(1)  # the same random start as the changed model's
+    for source, target in zip(changed.optimizer.variables, reference.optimizer.variables):
+        target.assign(source)
+    changed_history = changed.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
+    reference_history = reference.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
+    assert len(traces) == tracing
+    assert changed_history.history["attack_steps"] == [3]
+    for key in ("loss", "grad_magnitude"):
+        assert changed_history.history[key] == pytest.approx(reference_history.history[key], 1e-5)
+    for trained, expected in zip(changed.network.weights, reference.network.weights):
+        np.testing.assert_allclose(trained.numpy(), expected.numpy(), rtol=1e-5, atol=1e-7)
+    # And K matters here: K = 1 and K = 3 give different updates from the same start.
+    one, three = models_by_steps[1].network.weights, models_by_steps[3].network.weights
+    assert any(not np.allclose(a.numpy(), b.numpy()) for a, b in zip(one, three))
 
 
 def manual_input_gradient(network, images, labels):
@@ -159,6 +190,7 @@ def assert_step_matches(model, x, y, reference, expected_magnitude):
     return history
 
 
+@pytest.mark.numerics
 def test_deat_replays_and_grad_magnitude_match_a_hand_computation():
     x, y = toy_data(1, batch_size=16, seed=4)
     epsilon, step_size, learning_rate = 0.1, 0.04, 0.5
@@ -182,6 +214,7 @@ def test_deat_replays_and_grad_magnitude_match_a_hand_computation():
     assert_step_matches(model, x, y, reference, float(tf.reduce_sum(tf.abs(last_gradient * 0.5))))
 
 
+@pytest.mark.numerics
 def test_pgd_trains_on_the_final_iterate_and_measures_its_gradient():
     x, y = toy_data(1, batch_size=16, seed=5)
     epsilon, step_size, learning_rate = 0.1, 0.03, 0.5
@@ -232,6 +265,7 @@ def mart_loss(network, x, x_adv, y, beta):
     return tf.reduce_mean(boosted) + beta * tf.reduce_mean(kl * (1.0000001 - true_probability))
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("method", ["trades", "mart"])
 def test_trades_and_mart_match_a_hand_computation(method):
     x, y = toy_data(1, batch_size=16, seed=6)
@@ -289,46 +323,66 @@ def test_grad_magnitude_is_the_epoch_sum_over_minibatches():
     assert history.history["grad_magnitude"][0] == pytest.approx(magnitudes[-1])
 
 
+@pytest.mark.numerics
 def test_learning_rate_schedule_advances_per_minibatch_not_per_replay():
-    x, y = toy_data(4)
-    # Minibatches 0 and 1 train at 0.05, later ones at 0 (boundaries are inclusive).
-    schedule = keras.optimizers.schedules.PiecewiseConstantDecay([1], [0.05, 0.0])
-    model = make_model("deat", optimizer=keras.optimizers.SGD(schedule), attack_steps=3)
-    model.fit(x[:20], y[:20], batch_size=10, epochs=1, verbose=0)
-    # 2 minibatches but 6 updates: keyed on updates, updates 2 to 5 would use rate 0.
-    assert float(model.optimizer.learning_rate) == 0.0
-    weights_after_two = [variable.numpy() for variable in model.network.trainable_variables]
-    assert int(model.optimizer.iterations.numpy()) == 6
-    model.fit(x[20:], y[20:], batch_size=10, epochs=1, verbose=0)
-    for before, after in zip(weights_after_two, model.network.trainable_variables):
-        np.testing.assert_array_equal(before, after.numpy())
-    assert float(model.optimizer.learning_rate) == 0.0
+    x, y = toy_data(2)
+    # Rate 0.05 up to step 3, then 0. Two minibatches of r = 3 replays are six
+    # updates: keyed on minibatches (0, 1) every update trains at 0.05; keyed on
+    # updates (0..5), updates 4 and 5 would train at 0.
+    schedule = keras.optimizers.schedules.PiecewiseConstantDecay([3], [0.05, 0.0])
+    model = make_model(
+        "deat",
+        optimizer=keras.optimizers.SGD(schedule),
+        attack_steps=3,
+        network=counting_network(seed=4),
+        initialization="zero",
+    )
+    constant = make_model(
+        "deat",
+        optimizer=keras.optimizers.SGD(0.05),
+        attack_steps=3,
+        network=counting_network(seed=4),
+        initialization="zero",
+    )
+    for trained in (model, constant):
+        trained.fit(x, y, batch_size=10, epochs=1, shuffle=False, verbose=0)
+    assert int(model.optimizer.iterations.numpy()) == 6 and model.minibatches == 2
+    for keyed, expected in zip(model.network.weights, constant.network.weights):
+        np.testing.assert_allclose(keyed.numpy(), expected.numpy(), rtol=1e-6, atol=1e-8)
+    assert float(model.optimizer.learning_rate) == pytest.approx(0.05)
 
 
-def test_coupled_l2_weight_decay_is_added_to_the_gradient():
-    x, y = toy_data(1, batch_size=8)
-    learning_rate, decay = 0.1, 0.01
+@pytest.mark.numerics
+def test_coupled_l2_weight_decay_is_added_to_the_gradient_before_momentum():
+    x, y = toy_data(2, batch_size=8)
+    learning_rate, momentum, decay = 0.1, 0.9, 0.05
     model = make_model(
         "none",
-        optimizer=keras.optimizers.SGD(learning_rate),
+        optimizer=keras.optimizers.SGD(learning_rate, momentum=momentum),
         network=counting_network(seed=2),
         l2_weight_decay=decay,
     )
     reference = counting_network(seed=2)
     reference.set_weights(model.network.get_weights())
-    with tf.GradientTape() as tape:
-        logits = reference(tf.constant(x), training=True)
-        loss = tf.reduce_mean(
-            keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)
-        )
-    gradients = tape.gradient(loss, reference.trainable_variables)
-    expected = [
-        v.numpy() - learning_rate * (g.numpy() + decay * v.numpy())
-        for v, g in zip(reference.trainable_variables, gradients)
-    ]
-    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
-    for trained, value in zip(model.network.trainable_variables, expected):
-        np.testing.assert_allclose(trained.numpy(), value, rtol=1e-5, atol=1e-7)
+    # Two steps by hand, Keras' momentum: m = mu m - lr (g + decay w); w = w + m.
+    # Decoupled decay (w = w - lr decay w outside the momentum) differs from the
+    # second step on, since the first step's decay then never enters m.
+    velocities = [np.zeros_like(v.numpy()) for v in reference.trainable_variables]
+    for step in range(2):
+        images, labels = x[8 * step : 8 * (step + 1)], y[8 * step : 8 * (step + 1)]
+        with tf.GradientTape() as tape:
+            logits = reference(tf.constant(images), training=True)
+            loss = tf.reduce_mean(
+                keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+            )
+        gradients = tape.gradient(loss, reference.trainable_variables)
+        for index, (variable, gradient) in enumerate(zip(reference.trainable_variables, gradients)):
+            coupled = gradient.numpy() + decay * variable.numpy()
+            velocities[index] = momentum * velocities[index] - learning_rate * coupled
+            variable.assign(variable.numpy() + velocities[index])
+    model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    for trained, expected in zip(model.network.trainable_variables, reference.trainable_variables):
+        np.testing.assert_allclose(trained.numpy(), expected.numpy(), rtol=1e-5, atol=1e-7)
 
 
 def test_carried_perturbation_stays_in_the_ball_and_survives_a_partial_batch():
@@ -337,10 +391,46 @@ def test_carried_perturbation_stays_in_the_ball_and_survives_a_partial_batch():
         "free", attack_steps=2, carry_perturbation=True, epsilon=0.05, step_size=0.02
     )
     model.fit(x[:25], y[:25], batch_size=10, epochs=2, verbose=0)
-    carried = model._carried.variable.numpy()
+    carried = model.carried_perturbation.numpy()
     assert carried.shape == (10,) + IMAGE_SHAPE
     assert np.abs(carried).max() <= 0.05 + 1e-7
     assert np.abs(carried).max() > 0.0
+
+
+@pytest.mark.numerics
+def test_the_perturbation_carries_from_one_minibatch_to_the_next():
+    x, y = toy_data(2, batch_size=8, seed=3)
+    epsilon, step_size, learning_rate = 0.1, 0.04, 0.5
+    model, reference = model_and_reference(
+        "free",
+        5,
+        learning_rate,
+        attack_steps=2,
+        carry_perturbation=True,
+        epsilon=epsilon,
+        step_size=step_size,
+    )
+    # By hand: delta starts at zero and is never reset; each replay steps it
+    # from the previous one, across minibatches, clipped to the ball only.
+    delta = tf.zeros((8,) + IMAGE_SHAPE)
+    for batch in range(2):
+        images = tf.constant(x[8 * batch : 8 * (batch + 1)])
+        labels = tf.constant(y[8 * batch : 8 * (batch + 1)])
+        for _ in range(2):
+            x_adv = tf.clip_by_value(images + delta, 0.0, 1.0)
+            with tf.GradientTape() as tape:
+                tape.watch(delta)
+                logits = reference(tf.clip_by_value(images + delta, 0.0, 1.0), training=True)
+                loss = tf.reduce_mean(
+                    keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+                )
+            gradient = tape.gradient(loss, delta)
+            manual_update(reference, x_adv, labels, learning_rate)
+            delta = tf.clip_by_value(delta + step_size * tf.sign(gradient), -epsilon, epsilon)
+    model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    np.testing.assert_allclose(model.carried_perturbation.numpy(), delta.numpy(), atol=1e-6)
+    for trained, expected in zip(model.network.trainable_variables, reference.trainable_variables):
+        np.testing.assert_allclose(trained.numpy(), expected.numpy(), rtol=1e-4, atol=1e-6)
 
 
 def test_validation_reports_clean_and_robust_accuracy():
@@ -367,8 +457,11 @@ def test_save_and_load_keeps_configuration_weights_and_optimizer(tmp_path):
     model.save(path)
     loaded = keras.models.load_model(path)
     assert isinstance(loaded, deat_tf.AdversarialModel)
-    settings = lambda config: {key: value for key, value in config.items() if key != "network"}  # noqa: E731
-    assert settings(loaded.get_config()) == settings(model.get_config())
+    # Field by field: comparing get_config() with itself would pass even if a
+    # field were dropped and the constructor's default filled it in.
+    assert (loaded.method, loaded.attack_steps, loaded.l2_weight_decay) == ("pgd", 2, 1e-3)
+    assert (loaded.epsilon, loaded.step_size) == (0.1, pytest.approx(0.025))
+    assert (loaded.initialization, loaded.initialization_scale) == ("uniform", 0.1)
     assert len(loaded.network.layers) == len(model.network.layers)
     for saved, restored in zip(model.get_weights(), loaded.get_weights()):
         np.testing.assert_array_equal(saved, restored)
@@ -534,3 +627,52 @@ def test_a_loaded_model_keeps_its_schedule_keyed_on_minibatches(tmp_path):
     loaded.fit(x[20:], y[20:], batch_size=10, epochs=1, verbose=0)
     assert loaded.minibatches == 4 and int(loaded.optimizer.iterations.numpy()) == 12
     assert float(loaded.optimizer.learning_rate) == pytest.approx(0.001)
+
+
+@pytest.mark.numerics
+def test_a_resumed_fit_continues_exactly_where_it_stopped(tmp_path):
+    x, y = toy_data(3)
+
+    def fresh():
+        return make_model(
+            "deat",
+            optimizer=keras.optimizers.SGD(0.05, momentum=0.9),
+            network=counting_network(seed=1),
+            l2_weight_decay=5e-4,
+        )
+
+    def scheduler():
+        # gamma 0.01: the rule raises r after epoch 0 and again after epoch 2.
+        return deat_tf.MagnitudeScheduler(gamma=0.01, max_steps=3, verbose=0)
+
+    uninterrupted = fresh()
+    history = uninterrupted.fit(
+        x, y, batch_size=10, epochs=4, callbacks=[scheduler()], shuffle=False, verbose=0
+    )
+    assert history.history["attack_steps"] == [1, 2, 2, 3]
+    first = fresh()
+    first.fit(x, y, batch_size=10, epochs=2, callbacks=[scheduler()], shuffle=False, verbose=0)
+    path = str(tmp_path / "halfway.keras")
+    first.save(path)
+    resumed = keras.models.load_model(path)
+    resumed_history = resumed.fit(
+        x,
+        y,
+        batch_size=10,
+        initial_epoch=2,
+        epochs=4,
+        callbacks=[scheduler()],
+        shuffle=False,
+        verbose=0,
+    )
+    assert resumed_history.history["attack_steps"] == [2, 3]
+    np.testing.assert_allclose(
+        resumed_history.history["grad_magnitude"], history.history["grad_magnitude"][2:], rtol=1e-6
+    )
+    assert (resumed.attack_steps, resumed.minibatches) == (3, 12)
+    assert resumed.schedule_threshold == pytest.approx(uninterrupted.schedule_threshold, rel=1e-6)
+    assert int(resumed.optimizer.iterations.numpy()) == int(
+        uninterrupted.optimizer.iterations.numpy()
+    )
+    for trained, expected in zip(resumed.network.weights, uninterrupted.network.weights):
+        np.testing.assert_allclose(trained.numpy(), expected.numpy(), rtol=1e-6, atol=1e-8)

@@ -239,3 +239,89 @@ def test_invalid_arguments_name_the_argument(random_network, arguments, message)
     call.update(arguments)
     with pytest.raises(ValueError, match=message):
         attacks.apgd(random_network, np.zeros((2, 8, 8, 3), np.float32), np.zeros(2), **call)
+
+
+def reference_apgd(loss_and_gradient, x, start, epsilon, steps, momentum=0.75, rho=0.75):
+    """Auto-PGD as the paper describes it, in numpy, for one example.
+
+    Returns (strongest iterate, its loss, the step sizes after each iteration).
+    """
+    checkpoints = attacks.apgd_checkpoints(steps)
+    intervals = dict(zip(checkpoints, np.diff([0] + checkpoints)))
+
+    def project(point):
+        return np.clip(np.clip(point, x - epsilon, x + epsilon), 0.0, 1.0)
+
+    current, previous, step = start.copy(), start.copy(), 2.0 * epsilon
+    strongest, strongest_loss = start.copy(), -np.inf
+    best, best_loss, best_gradient = start.copy(), -np.inf, None
+    previous_loss, increases, loss_at_check, halved_at_check = -np.inf, 0, None, False
+    steps_taken = []
+    for k in range(steps):
+        loss, gradient = loss_and_gradient(current)
+        if loss > strongest_loss:
+            strongest, strongest_loss = current.copy(), loss
+        if k == 0 or loss > best_loss:
+            best, best_loss, best_gradient = current.copy(), loss, gradient
+        if k == 0:
+            loss_at_check = best_loss
+        elif loss > previous_loss:
+            increases += 1
+        if k in intervals:
+            stalled = not halved_at_check and loss_at_check >= best_loss
+            halve = increases < rho * intervals[k] or stalled
+            if halve:
+                step /= 2.0
+                current, gradient, loss = best.copy(), best_gradient, best_loss
+            halved_at_check, loss_at_check, increases = halve, best_loss, 0
+        target = project(current + step * np.sign(gradient))
+        weight = 1.0 if k == 0 else momentum
+        following = project(
+            current + weight * (target - current) + (1.0 - weight) * (current - previous)
+        )
+        previous, current, previous_loss = current, following, loss
+        steps_taken.append(step)
+    loss, _ = loss_and_gradient(current)
+    if loss > strongest_loss:
+        strongest, strongest_loss = current, loss
+    return strongest, strongest_loss, steps_taken
+
+
+def test_apgd_halves_its_step_and_uses_momentum_as_the_paper_describes():
+    # The wrong-class logit peaks inside the ball, at `centre`: a signed step of
+    # 2 epsilon overshoots it, so only the halvings at the checkpoints (and the
+    # momentum that averages the zig-zag) bring the iterate close to the peak.
+    x = np.array([0.5, 0.4, 0.6], np.float64)
+    centre = np.array([0.56, 0.31, 0.6 + 0.013], np.float64)
+    sharpness, offset = 40.0, -1.0
+
+    def numpy_loss_and_gradient(point):
+        wrong = offset - sharpness * np.sum((point - centre) ** 2)
+        loss = np.log1p(np.exp(wrong))  # cross-entropy of class 0 whose logit is 0
+        gradient = (1.0 / (1.0 + np.exp(-wrong))) * (-2.0 * sharpness * (point - centre))
+        return loss, gradient
+
+    def logits_fn(images):
+        flat = tf.reshape(tf.cast(images, tf.float64), [-1, 3])
+        wrong = offset - sharpness * tf.reduce_sum((flat - centre) ** 2, axis=1)
+        return tf.cast(tf.stack([tf.zeros_like(wrong), wrong], axis=1), tf.float32)
+
+    epsilon, steps = 0.12, 30
+    expected, expected_loss, step_sizes = reference_apgd(
+        numpy_loss_and_gradient, x, x.copy(), epsilon, steps
+    )
+    # The case exercises the adaptive logic: the step was halved several times.
+    assert step_sizes[-1] <= epsilon / 4
+    best, loss, fooled = attacks.apgd_loop(
+        logits_fn,
+        tf.constant(x.reshape(1, 1, 1, 3), tf.float32),
+        tf.constant([0]),
+        tf.constant(x.reshape(1, 1, 1, 3), tf.float32),
+        epsilon,
+        steps,
+    )
+    np.testing.assert_allclose(np.asarray(best).reshape(3), expected, atol=2e-5)
+    assert float(loss[0]) == pytest.approx(expected_loss, rel=1e-4)
+    assert not bool(fooled[0])
+    # Closer to the peak than any fixed 2-epsilon signed step could land.
+    assert np.abs(np.asarray(best).reshape(3) - centre).max() < 0.02

@@ -65,7 +65,9 @@ def test_cifar_crop_flip_changes_training_images_only():
         )
         augmented, _ = first_batch(pipelines.train)
         plain, _ = all_examples(pipelines.train_evaluation)
-    assert pipelines.spec.num_classes == 10 and pipelines.steps_per_epoch is None
+    assert pipelines.spec.num_classes == 10
+    # Mocked TFDS data has no split sizes: the real CIFAR-10 size sets the epoch length.
+    assert pipelines.steps_per_epoch == (50_000 - 4) // 16
     assert augmented.shape == (16, 32, 32, 3)
     assert augmented.min() >= 0.0 and augmented.max() <= 1.0
     # Mock examples are random pixels: a shifted or flipped crop differs from the original.
@@ -217,3 +219,27 @@ def test_evaluation_split_of_an_npz_file_needs_only_the_test_arrays(tmp_path):
     images, labels = next(iter(dataset.batch(10)))
     assert (size, classes) == (3, 5) and images.shape == (3, 4, 4, 1)
     assert float(tf.reduce_min(images)) == 1.0 and labels.numpy().tolist() == [0, 4, 1]
+
+
+def test_an_epoch_is_the_same_batches_whenever_the_stream_starts_or_is_read():
+    def labels(dataset, count):
+        return [batch.numpy() for _, batch in dataset.take(count)]
+
+    pipelines = datasets.get_pipelines(
+        "mnist_sample", 100, 500, epochs=4, steps_per_epoch=30, deterministic=True
+    )
+    # Reading the first batch (as fit's data check does) must not change the order.
+    labels(pipelines.train, 1)
+    full = labels(pipelines.training(0), 4 * 30)
+    assert len(full) == 120
+    resumed = labels(pipelines.training(2), 100)
+    assert len(resumed) == 60  # the stream ends with the run
+    for expected, actual in zip(full[60:], resumed):
+        np.testing.assert_array_equal(expected, actual)
+    # Epochs are shuffled differently, and a pass is one epoch long.
+    assert not all((a == b).all() for a, b in zip(full[:30], full[30:60]))
+    assert sorted(np.concatenate(full[:30]).tolist()) != sorted(
+        np.concatenate(full[30:60]).tolist()
+    )
+    with pytest.raises(ValueError, match="initial_epoch must be < epochs \\(4\\)"):
+        pipelines.training(4)

@@ -132,6 +132,7 @@ def test_robust_accuracy_is_correct_under_every_attack(clean_mnist_network, digi
     assert report["robust_correct"] == np.sum(clean & fgsm)
 
 
+@pytest.mark.numerics
 def test_mirrored_strategy_gives_the_single_device_results(clean_mnist_network, digits, report):
     strategy = tf.distribute.MirroredStrategy(["CPU:0", "CPU:1"])
     # 150 examples in batches of 149: the last global batch has one example, so

@@ -39,13 +39,102 @@ def test_save_keras_replaces_the_file_only_when_the_save_succeeds(tmp_path):
     assert os.listdir(tmp_path) == ["network.keras"]
 
 
-def test_check_workdir_accepts_new_and_empty_folders_only(tmp_path):
-    assert workdir.check_workdir(str(tmp_path / "new" / "run")) == str(tmp_path / "new" / "run")
+def test_check_workdir_accepts_new_and_empty_folders_and_runs_only(tmp_path):
+    new = str(tmp_path / "new" / "run")
+    assert workdir.check_workdir(new) == (new, "new")
     assert not (tmp_path / "new").exists()  # checking creates nothing
     (tmp_path / "empty").mkdir()
-    assert workdir.check_workdir(str(tmp_path / "empty")) == str(tmp_path / "empty")
+    assert workdir.check_workdir(str(tmp_path / "empty")) == (str(tmp_path / "empty"), "new")
     (tmp_path / "empty" / "file").write_text("x")
-    with pytest.raises(ValueError, match="already holds files"):
+    with pytest.raises(ValueError, match="holds files that are not a deat_tf run"):
         workdir.check_workdir(str(tmp_path / "empty"))
     with pytest.raises(ValueError, match="workdir is required"):
         workdir.check_workdir("")
+
+
+def tiny_model():
+    import deat_tf
+
+    model = deat_tf.AdversarialModel(models.mnist_cnn(input_shape=(8, 8, 1), num_classes=10))
+    model.compile(optimizer="sgd")
+    model.optimizer.build(model.trainable_variables)
+    return model
+
+
+def test_best_epoch_is_robust_then_clean_accuracy_and_never_a_chance_level_network(tmp_path):
+    model = tiny_model()
+    state = workdir.RunState()
+    checkpoints = workdir.Checkpoints(str(tmp_path / "checkpoints"), model, state)
+    summary = workdir.RunSummary(str(tmp_path / "summary.json"), {}, 5, "r", state)
+    recorder = workdir.RunRecorder(checkpoints, state, summary, num_classes=10)
+    recorder.set_model(model)
+    epochs = [
+        {"loss": 1.0, "val_robust_accuracy": 0.10, "val_accuracy": 0.80},
+        {"loss": 1.0, "val_robust_accuracy": 0.30, "val_accuracy": 0.70},  # more robust: best
+        {"loss": 1.0, "val_robust_accuracy": 0.30, "val_accuracy": 0.75},  # tie, cleaner: best
+        # A collapsed network predicting one class: as robust as accurate, at chance.
+        {"loss": 2.3, "val_robust_accuracy": 0.14, "val_accuracy": 0.14},
+        {"loss": 1.0, "val_robust_accuracy": 0.29, "val_accuracy": 0.90},
+    ]
+    for epoch, logs in enumerate(epochs):
+        recorder.on_epoch_end(epoch, dict(logs))
+    assert state.best_epoch == 3
+    assert [record["best"] for record in state.records] == [False, False, True, False, False]
+    assert checkpoints.best_checkpoint(3) is not None
+    assert json.loads((tmp_path / "summary.json").read_text())["best_epoch"]["epoch"] == 3
+    # The newest two epochs are kept as `last`, the newest two bests as `best`.
+    assert [path[-6:] for path in checkpoints.last.checkpoints] == ["ckpt-4", "ckpt-5"]
+    assert [path[-6:] for path in checkpoints.best.checkpoints] == ["ckpt-2", "ckpt-3"]
+
+
+def test_an_epoch_with_non_finite_loss_is_not_saved(tmp_path):
+    model = tiny_model()
+    state = workdir.RunState()
+    checkpoints = workdir.Checkpoints(str(tmp_path / "checkpoints"), model, state)
+    summary = workdir.RunSummary(str(tmp_path / "summary.json"), {}, 2, "r", state)
+    recorder = workdir.RunRecorder(checkpoints, state, summary, num_classes=10)
+    recorder.set_model(model)
+    recorder.on_epoch_end(0, {"loss": 1.0, "val_accuracy": 0.5})
+    recorder.on_epoch_end(1, {"loss": float("nan"), "val_accuracy": 0.5})
+    assert recorder.skipped_epoch == 2 and state.epochs_done == 1
+    assert [path[-6:] for path in checkpoints.last.checkpoints] == ["ckpt-1"]
+
+
+def test_workdir_modes_follow_the_stored_run(tmp_path):
+    settings = {"epochs": 3, "epsilon": 0.3, "progress_bar": True}
+    run = tmp_path / "run"
+    assert workdir.check_workdir(str(run), settings) == (str(run), "new")
+    run.mkdir()
+    workdir.write_json(str(run / "config.json"), settings)
+    workdir.write_json(str(run / "summary.json"), {"status": "running"})
+    assert workdir.check_workdir(str(run), settings)[1] == "resume"
+    # A setting that does not change the computation may differ; others may not.
+    assert workdir.check_workdir(str(run), dict(settings, progress_bar=False))[1] == "resume"
+    with pytest.raises(ValueError, match="other settings \\(epsilon 0.3 -> 0.2\\)"):
+        workdir.check_workdir(str(run), dict(settings, epsilon=0.2))
+    assert workdir.check_workdir(str(run), dict(settings, epsilon=0.2), restart=True)[1] == (
+        "restart"
+    )
+    for status in ("finished", "stopped: collapse at epoch 3"):
+        workdir.write_json(str(run / "summary.json"), {"status": status})
+        assert workdir.check_workdir(str(run), settings)[1] == "finished"
+    workdir.clear_run(str(run))
+    assert os.listdir(run) == []
+
+
+def test_missing_epochs_are_added_to_tensorboard_and_none_twice(tmp_path):
+    import tensorflow as tf
+
+    log_dir = tmp_path / "tensorboard"
+    writer = tf.summary.create_file_writer(str(log_dir / "train"))
+    with writer.as_default():
+        tf.summary.scalar("epoch_loss", 1.0, step=0)
+    writer.close()
+    records = [
+        {"epoch": 1, "loss": 1.0, "val_accuracy": 0.5, "best": True},
+        {"epoch": 2, "loss": 0.8, "val_accuracy": 0.6, "best": False},
+    ]
+    workdir.complete_tensorboard(str(log_dir), records)
+    workdir.complete_tensorboard(str(log_dir), records)  # idempotent
+    assert workdir._tensorboard_epochs(str(log_dir / "train"), "epoch_loss") == {0, 1}
+    assert workdir._tensorboard_epochs(str(log_dir / "validation"), "epoch_accuracy") == {1}

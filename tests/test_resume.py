@@ -1,0 +1,193 @@
+"""Long runs that survive: kill -9 and resume, mismatched settings, finished runs, bad checkpoints.
+
+The runs are real `bin/train` processes on the embedded MNIST digits with
+`--deterministic`, so an interrupted and resumed run must be bit-identical to
+an uninterrupted one: same per-epoch r, threshold, magnitude and loss, same
+test accuracy.
+"""
+
+import glob
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import tensorflow as tf
+
+from deat_tf import cli
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ARGUMENTS = (
+    "--config=configs/mnist_demo.py",
+    "--epochs=3",
+    "--steps_per_epoch=25",
+    "--validation_size=200",
+    "--validation_attack_steps=5",
+    "--test_examples=200",
+    "--train_accuracy_examples=0",
+    "--deterministic",
+    "--noprogress_bar",
+)
+# Fields that must be equal bit for bit between an interrupted and an uninterrupted run.
+COMPARED = (
+    "attack_steps",
+    "next_attack_steps",
+    "threshold",
+    "grad_magnitude",
+    "loss",
+    "adv_accuracy",
+    "val_accuracy",
+    "val_robust_accuracy",
+    "learning_rate",
+    "best",
+)
+
+
+def start(workdir, *extra):
+    environment = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3")
+    return subprocess.Popen(
+        [
+            sys.executable,
+            os.path.join(ROOT, "bin", "train"),
+            f"--workdir={workdir}",
+            *ARGUMENTS,
+            *extra,
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=environment,
+    )
+
+
+def run(workdir, *extra, kill_at=None, delay=0.0):
+    """Runs bin/train; with kill_at, SIGKILLs it `delay` s after the line starting with kill_at."""
+    process = start(workdir, *extra)
+    output = []
+    try:
+        for line in process.stdout:
+            output.append(line)
+            if kill_at is not None and line.startswith(kill_at):
+                time.sleep(delay)
+                process.send_signal(signal.SIGKILL)
+                process.wait(timeout=60)
+                return -signal.SIGKILL, "".join(output)
+        return process.wait(timeout=600), "".join(output)
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+def summary(workdir):
+    with open(os.path.join(workdir, "summary.json")) as stream:
+        return json.load(stream)
+
+
+def tensorboard_steps(folder, tag):
+    steps = []
+    for path in sorted(glob.glob(os.path.join(folder, "events.out.tfevents.*"))):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            steps += [event.step for value in event.summary.value if value.tag == tag]
+    return sorted(steps)
+
+
+def assert_same_run(expected, actual):
+    assert actual["status"] == "finished"
+    assert len(actual["epochs"]) == len(expected["epochs"]) == 3
+    for first, second in zip(expected["epochs"], actual["epochs"]):
+        for field in COMPARED:
+            assert first.get(field) == second.get(field), (first["epoch"], field)
+    for network in ("last", "best"):
+        for field in ("accuracy", "robust_accuracy"):
+            assert actual["test"][network][field] == expected["test"][network][field]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("runs") / "uninterrupted")
+    code, output = run(workdir)
+    assert code == 0, output[-3000:]
+    return workdir
+
+
+def test_killed_runs_resume_to_the_same_run_and_fall_back_from_a_corrupted_checkpoint(
+    uninterrupted, tmp_path
+):
+    workdir = str(tmp_path / "killed")
+    # Killed right after epoch 1 was saved and printed ...
+    code, _ = run(workdir, kill_at="epoch   1/3")
+    assert code == -signal.SIGKILL
+    assert summary(workdir)["epochs_completed"] == 1
+    # ... then resumed, and killed again in the middle of epoch 3.
+    code, output = run(workdir, kill_at="epoch   2/3", delay=0.5)
+    assert code == -signal.SIGKILL
+    assert "resuming" in output and "after epoch 1" in output
+    assert summary(workdir)["epochs_completed"] == 2
+
+    # A copy whose newest checkpoint was cut short falls back to epoch 1 ...
+    corrupted = str(tmp_path / "corrupted")
+    shutil.copytree(workdir, corrupted)
+    latest = glob.glob(os.path.join(corrupted, "checkpoints", "last", "ckpt-2.data-*"))
+    assert latest
+    with open(latest[0], "r+b") as stream:
+        stream.truncate(os.path.getsize(latest[0]) // 2)
+    code, output = run(corrupted)
+    assert code == 0, output[-3000:]
+    assert "ckpt-2 is unreadable" in output and "falling back to" in output
+    assert "after epoch 1" in output
+    assert_same_run(summary(uninterrupted), summary(corrupted))
+
+    # ... and the intact one finishes from epoch 2 with the same command.
+    code, output = run(workdir)
+    assert code == 0, output[-3000:]
+    assert "after epoch 2" in output
+    resumed = summary(workdir)
+    assert resumed["resumed_at_epochs"] == [1, 2]
+    assert_same_run(summary(uninterrupted), resumed)
+    # TensorBoard holds every epoch exactly once, whatever the kills interrupted.
+    for folder, tag in (("train", "epoch_loss"), ("validation", "epoch_robust_accuracy")):
+        assert tensorboard_steps(os.path.join(workdir, "tensorboard", folder), tag) == [0, 1, 2]
+
+
+def run_in_process(workdir, *extra):
+    """bin/train's command in this process (no training happens in these cases)."""
+    try:
+        cli.run_train([f"--workdir={workdir}", *ARGUMENTS, *extra])
+    except SystemExit as exit_:
+        return exit_.code
+    return 0
+
+
+def test_finished_run_is_not_trained_again_and_other_settings_are_refused(uninterrupted, capsys):
+    before = summary(uninterrupted)
+    assert run_in_process(uninterrupted) == 0
+    assert "already finished" in capsys.readouterr().out
+    assert summary(uninterrupted) == before
+    assert run_in_process(uninterrupted, "--epsilon=0.2", "--epochs=4") == 1
+    line = capsys.readouterr().err.strip()
+    assert line.startswith("bin/train: error: workdir ") and "\n" not in line
+    assert "epsilon 0.3 -> 0.2" in line and "epochs 3 -> 4" in line
+    # Settings that do not change the computation may differ.
+    assert run_in_process(uninterrupted, "--progress_bar") == 0
+    assert summary(uninterrupted) == before
+
+
+def test_restart_starts_over(uninterrupted, tmp_path):
+    workdir = str(tmp_path / "restarted")
+    shutil.copytree(uninterrupted, workdir)
+    assert run_in_process(workdir, "--restart", "--epochs=1", "--nodeterministic") == 0
+    assert summary(workdir)["epochs_completed"] == 1
+    assert summary(workdir)["resumed_at_epochs"] == []
+    assert not glob.glob(os.path.join(workdir, "checkpoints", "last", "ckpt-3.*"))
+
+
+def test_a_folder_with_other_files_is_not_taken_for_a_run(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("mine")
+    assert run_in_process(str(tmp_path), "--restart") == 1
+    assert "holds files that are not a deat_tf run" in capsys.readouterr().err
+    assert os.listdir(tmp_path) == ["notes.txt"]
