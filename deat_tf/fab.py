@@ -463,16 +463,6 @@ def _fab_graph(
 _COMPILED_FAB = weakref.WeakKeyDictionary()
 
 
-def _check_beta(beta):
-    try:
-        value = checks.check_range(beta, "beta", 0.0, 1.0)
-    except ValueError:
-        value = None
-    if not value:
-        raise ValueError(f"beta must be in (0, 1], got {beta!r}.")
-    return value
-
-
 def _prepare(
     model, x, y, epsilon, steps, target_classes, restarts, seed, alpha_max, eta, beta, search_steps
 ):
@@ -483,7 +473,7 @@ def _prepare(
     checks.check_count(restarts, "restarts", 1)
     checks.check_count(search_steps, "search_steps", 0)
     alpha_max = checks.check_range(alpha_max, "alpha_max", 0.0, 1.0)
-    beta = _check_beta(beta)
+    beta = checks.check_range(beta, "beta", 0.0, 1.0, include_low=False)
     eta = checks.check_positive(eta, "eta")
     x = checks.check_image_tensor(x)
     classes = losses.static_classes(attacks.logits_function(model)(x[:1]))
