@@ -1,6 +1,6 @@
 """Robust evaluation: run a list of attacks over a dataset and report what survives.
 
-    suite = evaluation.AttackSuite("clean,fgsm,pgd20,cw20,apgd-ce,apgd-t", epsilon=0.3)
+    suite = evaluation.AttackSuite("autoattack", epsilon=0.3)   # or "clean,fgsm,pgd20,apgd-t"
     data = evaluation.load_data("mnist_sample", n_examples=1000)
     report = suite.run(network, data)          # or evaluation.evaluate(network, data, names, 0.3)
     print(evaluation.format_table(report))
@@ -9,15 +9,41 @@
 `bin/evaluate` (`deat_tf.cli`) adds presets and flags around these calls, and
 `bin/train` evaluates its final networks with the same code.
 
-Attack names (comma-separated, each at most once) are listed in
+Attack names (comma-separated, each at most once; `autoattack` and
+`autoattack-plus` stand for AutoAttack's lists) are listed in
 `deat_tf.attack_names`; `parse_attacks` and `AttackSpec` are reachable here too.
+
+The cascade (`cascade=True`, the default; `--nocascade` in `bin/evaluate`):
+the clean pass runs on every example, then each attack, in list order, only
+on the examples still robust, i.e. correct on the clean input and under every
+earlier attack, as AutoAttack does. The robust accuracy is the same as with
+every attack on every example (each example's result does not depend on the
+others), at a fraction of the cost. What the numbers mean then:
+
+- `accuracy` of an attack is the robust accuracy after it (correct on the
+  clean input and under it and every attack above it), so it can only fall
+  down the list and the last one is the robust accuracy. Without the cascade
+  it is the accuracy under that attack alone, on every example.
+- `attacked` is the number of examples it ran on; `gradient_evaluations` (and
+  Square's `queries`) count what it spent on them; `fooled_first` is the
+  number of examples it was the first in the list to fool (with or without
+  the cascade).
+- `accuracy_by_run`, `reevaluation_mismatches`, `max_perturbation` and
+  `within_bounds` are over the examples it attacked.
+- The sanity checks that compare attacks (`deat_tf.sanity_checks`) compare a
+  later attack with the survivors of the earlier ones.
+
+`run(..., return_images=True)` also returns the adversarial images: per
+example the image of the first attack that fooled it (AutoAttack's x_adv), the
+clean image where none did.
 
 What the report holds (`AttackSuite.run` returns it, `write_report` writes it
 as JSON): per attack the accuracy, the accuracy after each run (restart, or
-target x restart for apgd-t), the time, the number of input-gradient
-evaluations and the largest perturbation found; the worst-case robust
-accuracy; and the checks of `deat_tf.sanity_checks`, each with `passed` and a
-message, failures also in `warnings`.
+target x restart for apgd-t and fab-t), the time, the examples attacked, the
+input-gradient evaluations and queries spent and the largest perturbation
+found; the worst-case robust accuracy; and the checks of
+`deat_tf.sanity_checks`, each with `passed` and a message, failures also in
+`warnings`.
 
 Design choices:
 
@@ -25,13 +51,17 @@ Design choices:
   no dropout), as everywhere in `attacks.py`.
 - Accuracy under an attack comes from running the network again on the images
   the attack returns, not from the attack's own bookkeeping.
-- Each example's random start is drawn from the stateless seed
-  (seed + restart, example index) (`attacks.example_starts`), and every attack
-  loss is per example, so results do not depend on the batch size, the batch
-  order or the number of replicas: a `MirroredStrategy` run gives the
+- Each example's random draws come from the stateless seed (seed + restart,
+  example index): the starts of PGD and APGD (`attacks.example_starts`), of
+  FAB's restarts (`fab.restart_starts`) and Square's windows
+  (`square.restart_seeds`). Every attack loss is per example, so results do
+  not depend on the batch size, the batch order, the number of replicas or
+  which other examples the cascade attacks: a `MirroredStrategy` run gives the
   single-device numbers.
 - Under a strategy each attack is one `strategy.run` per global batch; the
-  per-example results of the replicas are gathered on the host by index.
+  per-example results of the replicas are gathered on the host by index. The
+  model's variables must be created under the strategy's scope
+  (`load_classifier(path, strategy)` does; `check_model_strategy`).
 """
 
 import dataclasses
@@ -42,8 +72,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from deat_tf import apgd, attacks, checks, datasets, losses, workdir
-from deat_tf.attack_names import ATTACK_NAMES_HELP, AttackSpec, parse_attacks  # noqa: F401
+from deat_tf import apgd, attacks, checks, datasets, fab, losses, square, workdir
+from deat_tf.attack_names import (  # noqa: F401 - ATTACK_NAMES_HELP is part of this module's API
+    ATTACK_NAMES_HELP,
+    GRADIENT_METHODS,
+    ITERATIVE_METHODS,
+    AttackSpec,
+    parse_attacks,
+)
 from deat_tf.sanity_checks import BOUND_TOLERANCE
 from deat_tf.sanity_checks import check_report as sanity_checks
 
@@ -230,6 +266,36 @@ def check_model_outputs(model, data, outputs="logits"):
     return num_classes
 
 
+def check_model_strategy(model, strategy):
+    """Checks that a Keras model's variables belong to the strategy when it has several replicas.
+
+    Variables created outside `strategy.scope()` stay on one device: every
+    replica would read them from there (slow on several GPUs), and inside some
+    attack loops (Square's) TensorFlow refuses the cross-device access.
+
+    Args:
+        model: Keras model or callable (callables are not checked).
+        strategy: The `tf.distribute.Strategy` of the evaluation.
+
+    Raises:
+        ValueError: If the strategy has several replicas and a variable of the
+            model is not a distributed variable.
+    """
+    if strategy.num_replicas_in_sync < 2 or not isinstance(model, keras.layers.Layer):
+        return
+    local = [
+        variable.path
+        for variable in model.variables
+        if not isinstance(getattr(variable, "value", variable), tf.distribute.DistributedValues)
+    ]
+    if local:
+        raise ValueError(
+            f"model: {len(local)} variables (e.g. {local[0]}) were not created under the "
+            f"strategy's scope; with {strategy.num_replicas_in_sync} replicas build or load the "
+            "model inside strategy.scope() (load_classifier(path, strategy) does)."
+        )
+
+
 # --------------------------------------------------------------------- evaluation
 
 
@@ -244,7 +310,12 @@ class AttackSuite:
         seed: Integer seed of the random starts.
         batch_size: Global batch size (split over the replicas).
         outputs: "logits", or "probabilities" (their log is attacked).
-        jit_compile: XLA-compile each replica's attack step.
+        jit_compile: XLA-compile each replica's attack step (not Square's, whose
+            loop shrinks to the examples it has not fooled yet).
+        cascade: Run each attack only on the examples still robust (correct on
+            the clean input and under every earlier attack), as AutoAttack
+            does; False runs every attack on every example, for per-attack
+            figures (see the module docstring).
 
     Raises:
         ValueError: For any bad setting, naming it.
@@ -260,6 +331,7 @@ class AttackSuite:
         batch_size=DEFAULT_BATCH_SIZE,
         outputs="logits",
         jit_compile=False,
+        cascade=True,
     ):
         self.epsilon = checks.check_epsilon(epsilon)
         if isinstance(attacks, str):
@@ -267,13 +339,35 @@ class AttackSuite:
         specs = [spec.with_default_step(self.epsilon) for spec in attacks]
         if not any(spec.method == "clean" for spec in specs):
             specs = [AttackSpec("clean", "clean")] + specs
-        self.specs = specs
+        # The clean pass comes first: it decides which examples the cascade attacks.
+        self.specs = sorted(specs, key=lambda spec: spec.method != "clean")
         self.seed = checks.check_count(seed, "seed", 0)
         self.batch_size = checks.check_count(batch_size, "batch_size", 1)
         self.outputs = checks.check_choice(outputs, OUTPUTS, "outputs")
         self.jit_compile = bool(jit_compile)
+        self.cascade = bool(cascade)
 
-    def run(self, model, data, strategy=None, progress=None, num_classes=None):
+    def _batches(self, data, attacked=None):
+        """(index, image, label) batches of the data, or of the examples marked in `attacked`."""
+        dataset = data.dataset.enumerate()
+        if attacked is not None:
+            keep = tf.constant(attacked)
+            dataset = dataset.filter(lambda index, pair: tf.gather(keep, index))
+        # tf.data autotuning is off: deleting an autotuned iterator at the end of a
+        # pass sometimes blocked for seconds (once 39 s), which the attack's time
+        # would include. Two batches of prefetch keep the replicas fed.
+        options = tf.data.Options()
+        options.autotune.enabled = False
+        return (
+            dataset.map(
+                lambda index, pair: (index, pair[0], pair[1]), num_parallel_calls=tf.data.AUTOTUNE
+            )
+            .batch(self.batch_size)
+            .prefetch(2)
+            .with_options(options)
+        )
+
+    def run(self, model, data, strategy=None, progress=None, num_classes=None, return_images=False):
         """Runs every attack over the data and returns the report (a JSON-ready dict).
 
         Args:
@@ -284,9 +378,13 @@ class AttackSuite:
             progress: Optional callable receiving one progress line at a time.
             num_classes: The result of `check_model_outputs` when the caller
                 already ran it; otherwise the model is checked here.
+            return_images: Also return the adversarial images: per example the
+                image of the first attack (in list order) that fooled it, the
+                clean image where none did or the clean input is misclassified.
 
         Returns:
-            The report: settings, per-attack results, robust accuracy, checks.
+            The report: settings, per-attack results, robust accuracy, checks;
+            with `return_images`, a tuple (report, float32 images [examples, ...]).
 
         Raises:
             ValueError: Before any attack, if the model is not a classifier of
@@ -297,55 +395,82 @@ class AttackSuite:
         strategy = strategy or tf.distribute.get_strategy()
         if num_classes is None:
             num_classes = check_model_outputs(model, data, self.outputs)
+        check_model_strategy(model, strategy)
         raw_fn, logits_fn = _model_functions(model, self.outputs)
         progress = progress or (lambda line: None)
 
-        # tf.data autotuning is off: deleting an autotuned iterator at the end of a
-        # pass sometimes blocked for seconds (once 39 s), which the attack's time
-        # would include. Two batches of prefetch keep the replicas fed.
-        options = tf.data.Options()
-        options.autotune.enabled = False
-        batches = (
-            data.dataset.enumerate()
-            .map(lambda index, pair: (index, pair[0], pair[1]), num_parallel_calls=tf.data.AUTOTUNE)
-            .batch(self.batch_size)
-            .prefetch(2)
-            .with_options(options)
-        )
-        distributed = strategy.experimental_distribute_dataset(batches)
-
         results = []
-        per_example = {}
         started = time.perf_counter()
+        # Per example: correct on the clean input and under every attack so far.
+        robust = None
+        # Per attack: the examples correct on the clean input that it fooled.
+        victims = {}
+        images = None
         for position, spec in enumerate(self.specs):
             label = f"[{position + 1}/{len(self.specs)}] {spec.name}"
             if spec.method == "clean":
-                replica_fn = _clean_step(raw_fn, logits_fn, self.outputs)
+                replica_fn = _clean_step(raw_fn, logits_fn, self.outputs, return_images)
+                attacked = None
             else:
-                replica_fn = _attack_step(spec, logits_fn, self.epsilon, self.seed, num_classes)
-            if self.jit_compile:
+                replica_fn = _attack_step(
+                    spec, logits_fn, self.epsilon, self.seed, num_classes, return_images
+                )
+                attacked = robust if self.cascade else None
+            if self.jit_compile and spec.method != "square":
                 replica_fn = tf.function(replica_fn, jit_compile=True, autograph=False)
-            arrays, seconds = _run_pass(
-                strategy, distributed, replica_fn, label, data.size, progress
-            )
-            per_example[spec.name] = arrays
-            results.append(_attack_result(spec, arrays, seconds, self.epsilon, num_classes))
+            if attacked is not None and not attacked.any():
+                arrays, seconds = None, 0.0
+            else:
+                distributed = strategy.experimental_distribute_dataset(
+                    self._batches(data, attacked)
+                )
+                size = data.size if attacked is None else int(attacked.sum())
+                arrays, seconds = _run_pass(
+                    strategy, distributed, replica_fn, label, size, progress
+                )
+
+            if spec.method == "clean":
+                clean = arrays
+                examples = int(clean["correct"].shape[0])
+                robust = clean["correct"].copy()
+                if return_images:
+                    images = clean.pop("x_adv")
+                results.append(_attack_result(spec, clean, seconds, self, num_classes, examples))
+            else:
+                correct = np.zeros(examples, bool)
+                fooled = np.zeros(examples, bool)
+                if arrays is not None:
+                    correct[arrays["index"]] = arrays["correct"]
+                    fooled[arrays["index"]] = ~arrays["correct"]
+                victims[spec.name] = fooled & clean["correct"]
+                first = fooled & robust
+                if return_images and first.any():
+                    where = np.flatnonzero(first[arrays["index"]])
+                    images[arrays["index"][where]] = arrays.pop("x_adv")[where]
+                robust &= ~fooled
+                result = _attack_result(spec, arrays, seconds, self, num_classes, examples)
+                # Under the cascade an attack's accuracy is the robust accuracy so
+                # far; without it, the accuracy of this attack alone.
+                result["correct"] = int(robust.sum() if self.cascade else correct.sum())
+                result["accuracy"] = result["correct"] / examples
+                result["fooled_first"] = int(first.sum())
+                results.append(result)
             progress(
                 f"{label}: accuracy {100 * results[-1]['accuracy']:.2f}% "
-                f"({results[-1]['correct']}/{results[-1]['examples']}) in {seconds:.1f} s"
+                f"({results[-1]['correct']}/{results[-1]['examples']}"
+                + (f", {results[-1]['attacked']} attacked" if attacked is not None else "")
+                + f") in {seconds:.1f} s"
             )
 
-        clean = per_example[next(spec.name for spec in self.specs if spec.method == "clean")]
-        robust = np.ones_like(clean["correct"])
-        for arrays in per_example.values():
-            robust &= arrays["correct"]
+        self._compare_with_gradient_attacks(results, victims)
         report = {
             "epsilon": self.epsilon,
             "seed": self.seed,
             "batch_size": self.batch_size,
             "outputs": self.outputs,
             "replicas": int(strategy.num_replicas_in_sync),
-            "examples": int(robust.shape[0]),
+            "cascade": self.cascade,
+            "examples": examples,
             "num_classes": num_classes,
             "clean_accuracy": float(clean["correct"].mean()),
             "robust_accuracy": float(robust.mean()),
@@ -356,6 +481,7 @@ class AttackSuite:
             "total_gradient_evaluations": int(
                 sum(result["gradient_evaluations"] for result in results)
             ),
+            "total_queries": int(sum(result["queries"] for result in results)),
             "zero_gradient_fraction": {
                 "ce": float(clean["zero_gradient_ce"].mean()),
                 "margin": float(clean["zero_gradient_margin"].mean()),
@@ -366,7 +492,32 @@ class AttackSuite:
         report["warnings"] = [
             check["message"] for check in report["checks"] if check["passed"] is False
         ]
-        return report
+        return (report, images) if return_images else report
+
+    def _compare_with_gradient_attacks(self, results, victims):
+        """Adds to the FGSM and Square results the examples they alone fooled.
+
+        `fooled_beyond_gradient_attacks` counts the examples the attack fooled
+        that every gradient-based attack in `compared_with` left correct: all of
+        them without the cascade, those that ran before it under the cascade
+        (the later ones never saw its victims). FGSM is compared with the
+        iterative attacks only. The masking checks of `sanity_checks` read them.
+        """
+        for position, result in enumerate(results):
+            if result["method"] not in ("fgsm", "square"):
+                continue
+            methods = GRADIENT_METHODS if result["method"] == "square" else ITERATIVE_METHODS
+            candidates = results[:position] if self.cascade else results
+            compared = [
+                other["name"]
+                for other in candidates
+                if other["method"] in methods and other is not result
+            ]
+            beyond = victims[result["name"]].copy()
+            for name in compared:
+                beyond &= ~victims[name]
+            result["compared_with"] = compared
+            result["fooled_beyond_gradient_attacks"] = int(beyond.sum())
 
 
 def evaluate(
@@ -382,6 +533,7 @@ def evaluate(
     jit_compile=False,
     restarts=1,
     step_size=None,
+    cascade=True,
 ):
     """Runs every attack over the data: `AttackSuite(...).run(model, data, ...)` in one call.
 
@@ -399,17 +551,26 @@ def evaluate(
         jit_compile: XLA-compile each replica's attack step.
         restarts: Restarts of pgdN/cwN names (string names only).
         step_size: PGD/CW step (string names only; None: 2.5 * epsilon / N).
+        cascade: Attack only the examples still robust (see `AttackSuite`).
 
     Returns:
         The report: settings, per-attack results, robust accuracy, checks.
     """
     suite = AttackSuite(
-        attack_specs, epsilon, restarts, step_size, seed, batch_size, outputs, jit_compile
+        attack_specs,
+        epsilon,
+        restarts,
+        step_size,
+        seed,
+        batch_size,
+        outputs,
+        jit_compile,
+        cascade,
     )
     return suite.run(model, data, strategy, progress)
 
 
-def _clean_step(raw_fn, logits_fn, outputs):
+def _clean_step(raw_fn, logits_fn, outputs, return_images=False):
     """Per-replica clean pass: correctness plus the masking diagnostics."""
 
     def step(indices, images, labels):
@@ -430,7 +591,7 @@ def _clean_step(raw_fn, logits_fn, outputs):
             tf.reduce_all(tf.logical_and(raw >= 0.0, raw <= 1.0), axis=-1),
             tf.abs(tf.reduce_sum(raw, axis=-1) - 1.0) < 1e-3,
         )
-        return {
+        result = {
             "index": indices,
             "correct": _correct(logits, y),
             "zero_gradient_ce": zero_ce,
@@ -440,7 +601,11 @@ def _clean_step(raw_fn, logits_fn, outputs):
             "lowest": tf.reduce_min(x, axis=axes),
             "highest": tf.reduce_max(x, axis=axes),
             "fooled_by_run": tf.zeros([tf.shape(x)[0], 0], tf.bool),
+            "queries": tf.zeros([tf.shape(x)[0]], tf.int32),
         }
+        if return_images:
+            result["x_adv"] = x
+        return result
 
     return step
 
@@ -452,8 +617,34 @@ def _all_zero(gradient, x):
     return tf.reduce_all(tf.equal(gradient, 0.0), axis=list(range(1, x.shape.rank)))
 
 
-def _search(spec, logits_fn, x, y, epsilon, num_classes):
-    """The loop of an attack spec for `attacks.strongest_attack`, and its targets (or None)."""
+def _search(spec, logits_fn, x, y, epsilon, seed, indices, num_classes):
+    """What `attacks.strongest_attack` needs for an attack spec.
+
+    Returns:
+        (loop, start, targets or None, whether the loop returns a query count).
+    """
+    if spec.method == "square":
+        seeds = tf.stack(
+            [tf.fill(tf.shape(indices), tf.cast(seed, tf.int64)), tf.cast(indices, tf.int64)],
+            axis=1,
+        )
+
+        def loop(restart_seeds, _):
+            return square.square_loop(logits_fn, x, y, epsilon, spec.steps, restart_seeds)
+
+        return loop, square.restart_seeds(seeds), None, True
+
+    targets = None
+    if spec.targets(num_classes):
+        targets = losses.top_wrong_classes(logits_fn(x), y, spec.targets(num_classes))
+    if spec.method in ("fab", "fab-t"):
+
+        def loop(x_start, target_labels):
+            return fab.fab_loop(logits_fn, x, y, target_labels, epsilon, spec.steps, x_start)
+
+        return loop, fab.restart_starts(x, epsilon, seed, indices), targets, False
+
+    start = attacks.example_starts(x, epsilon, seed, indices)
     if spec.method == "pgd":
 
         def loop(x_start, _):
@@ -461,42 +652,48 @@ def _search(spec, logits_fn, x, y, epsilon, num_classes):
                 logits_fn, x, y, x_start, epsilon, spec.step_size, spec.steps, spec.loss
             )
 
-        return loop, None
+        return loop, start, None, False
 
     def loop(x_start, target_labels):
         return apgd.apgd_loop(
             logits_fn, x, y, x_start, epsilon, spec.steps, spec.loss, target_labels
         )
 
-    if spec.method == "apgd-t":
-        count = min(spec.target_classes, num_classes - 1)
-        return loop, losses.top_wrong_classes(logits_fn(x), y, count)
-    return loop, None
+    return loop, start, targets, False
 
 
-def _attack_step(spec, logits_fn, epsilon, seed, num_classes):
+def _attack_step(spec, logits_fn, epsilon, seed, num_classes, return_images=False):
     """Per-replica step of one attack: adversarial images and what they achieve."""
 
     def step(indices, images, labels):
         x = tf.cast(images, tf.float32)
         y = tf.cast(labels, tf.int32)
+        queries = tf.zeros([tf.shape(x)[0]], tf.int32)
         if spec.method == "fgsm":
             x_adv = attacks.fgsm(logits_fn, x, y, epsilon, spec.step_size, spec.loss)
             history = attacks.misclassified(logits_fn(x_adv), y)[None]
         else:
-            loop, targets = _search(spec, logits_fn, x, y, epsilon, num_classes)
-            start = attacks.example_starts(x, epsilon, seed, indices)
-            x_adv, _, _, history = attacks.strongest_attack(loop, start, x, spec.restarts, targets)
+            loop, start, targets, counts = _search(
+                spec, logits_fn, x, y, epsilon, seed, indices, num_classes
+            )
+            outcome = attacks.strongest_attack(loop, start, x, spec.restarts, targets, counts)
+            x_adv, history = outcome[0], outcome[3]
+            if counts:
+                queries = outcome[4]
         x_adv = tf.stop_gradient(x_adv)
         axes = list(range(1, x.shape.rank))
-        return {
+        result = {
             "index": indices,
             "correct": _correct(logits_fn(x_adv), y),
             "deviation": tf.reduce_max(tf.abs(x_adv - x), axis=axes),
             "lowest": tf.reduce_min(x_adv, axis=axes),
             "highest": tf.reduce_max(x_adv, axis=axes),
             "fooled_by_run": tf.transpose(history),
+            "queries": queries,
         }
+        if return_images:
+            result["x_adv"] = x_adv
+        return result
 
     return step
 
@@ -536,19 +733,27 @@ def _run_pass(strategy, distributed, replica_fn, label, size, progress):
     if not collected:
         raise ValueError("dataset yielded no examples.")
     arrays = {key: np.concatenate(parts) for key, parts in collected.items()}
-    order = np.argsort(arrays.pop("index"), kind="stable")
+    order = np.argsort(arrays["index"], kind="stable")
     return {key: value[order] for key, value in arrays.items()}, seconds
 
 
-def _attack_result(spec, arrays, seconds, epsilon, num_classes):
-    examples = int(arrays["correct"].shape[0])
-    fooled = arrays["fooled_by_run"]
-    mismatches = int(np.sum(fooled.any(axis=1) & arrays["correct"])) if fooled.shape[1] else 0
-    # Accuracy after the first i + 1 runs, from the attack's own bookkeeping.
-    by_run = (~np.logical_or.accumulate(fooled, axis=1)).mean(axis=0) if fooled.shape[1] else []
+def _attack_result(spec, arrays, seconds, suite, num_classes, examples):
+    """One attack's entry of the report, from its per-example arrays (None: nothing attacked)."""
+    attacked = 0 if arrays is None else int(arrays["index"].shape[0])
+    if arrays is None:
+        fooled = np.zeros((0, spec.runs(num_classes)), bool)
+        mismatches, max_deviation, lowest, highest, queries = 0, 0.0, 0.0, 1.0, 0
+    else:
+        fooled = arrays["fooled_by_run"]
+        mismatches = int(np.sum(fooled.any(axis=1) & arrays["correct"])) if fooled.shape[1] else 0
+        max_deviation = float(arrays["deviation"].max())
+        lowest, highest = float(arrays["lowest"].min()), float(arrays["highest"].max())
+        queries = int(arrays["queries"].sum())
+    # Accuracy after the first i + 1 runs, from the attack's own bookkeeping; the
+    # examples not attacked (under the cascade) were fooled before.
+    survivors = (~np.logical_or.accumulate(fooled, axis=1)).sum(axis=0) if fooled.shape[1] else []
     per_example = spec.gradient_evaluations(num_classes)
-    max_deviation = float(arrays["deviation"].max())
-    lowest, highest = float(arrays["lowest"].min()), float(arrays["highest"].max())
+    epsilon = suite.epsilon
     return {
         "name": spec.name,
         "method": spec.method,
@@ -557,17 +762,18 @@ def _attack_result(spec, arrays, seconds, epsilon, num_classes):
         "restarts": spec.restarts,
         "runs": spec.runs(num_classes),
         "step_size": spec.step_size,
-        "target_classes": (
-            min(spec.target_classes, num_classes - 1) if spec.method == "apgd-t" else 0
-        ),
-        "accuracy": float(arrays["correct"].mean()),
-        "correct": int(arrays["correct"].sum()),
+        "target_classes": spec.targets(num_classes),
+        "accuracy": float(arrays["correct"].mean()) if arrays is not None else 0.0,
+        "correct": int(arrays["correct"].sum()) if arrays is not None else 0,
         "examples": examples,
-        "accuracy_by_run": [float(value) for value in by_run],
+        "attacked": attacked,
+        "accuracy_by_run": [float(count) / examples for count in survivors],
         "reevaluation_mismatches": mismatches,
         "seconds": round(seconds, 3),
         "gradient_evaluations_per_example": per_example,
-        "gradient_evaluations": per_example * examples,
+        "gradient_evaluations": per_example * attacked,
+        "queries_per_example": spec.queries(),
+        "queries": queries,
         "max_perturbation": max_deviation,
         "min_pixel": lowest,
         "max_pixel": highest,
@@ -581,7 +787,17 @@ def _attack_result(spec, arrays, seconds, epsilon, num_classes):
 
 def format_table(report):
     """The report as a text table: one row per attack, then robust accuracy and checks."""
-    header = ("attack", "loss", "steps x runs", "step", "accuracy", "grads/ex", "seconds")
+    header = (
+        "attack",
+        "loss",
+        "steps x runs",
+        "step",
+        "attacked",
+        "accuracy",
+        "gradients",
+        "queries",
+        "seconds",
+    )
     rows = []
     for result in report["attacks"]:
         if result["method"] == "clean":
@@ -589,32 +805,37 @@ def format_table(report):
         elif result["method"] == "fgsm":
             budget, step = "1", f"{result['step_size']:.4g}"
         else:
-            budget = f"{result['steps']} x {result['runs']}"
-            if result["method"] == "apgd-t":
+            unit = " queries" if result["method"] == "square" else ""
+            budget = f"{result['steps']}{unit} x {result['runs']}"
+            if result["target_classes"]:
                 budget += f" ({result['target_classes']} targets)"
-            step = "adaptive" if result["step_size"] is None else f"{result['step_size']:.4g}"
+            if result["step_size"] is not None:
+                step = f"{result['step_size']:.4g}"
+            else:
+                step = "adaptive" if result["method"] in ("apgd", "apgd-t") else "-"
         rows.append(
             (
                 result["name"],
                 result["loss"] or "-",
                 budget,
                 step,
+                str(result.get("attacked", result["examples"])),
                 f"{100 * result['accuracy']:.2f}%",
-                str(result["gradient_evaluations_per_example"]),
+                str(result["gradient_evaluations"]),
+                str(result.get("queries", 0)),
                 f"{result['seconds']:.1f}",
             )
         )
-    total_gradients = sum(
-        result["gradient_evaluations_per_example"] for result in report["attacks"]
-    )
     rows.append(
         (
             "robust (all)",
             "",
             "",
             "",
+            "",
             f"{100 * report['robust_accuracy']:.2f}%",
-            str(total_gradients),
+            str(report["total_gradient_evaluations"]),
+            str(report.get("total_queries", 0)),
             f"{report['total_seconds']:.1f}",
         )
     )
@@ -627,15 +848,23 @@ def format_table(report):
         ]
         return "  ".join(cells).rstrip()
 
+    cascade = report.get("cascade", False)
     lines = [
         f"epsilon={report['epsilon']:.6g}  examples={report['examples']}  seed={report['seed']}"
-        f"  replicas={report['replicas']}",
+        f"  replicas={report['replicas']}  cascade={'on' if cascade else 'off'}",
         line(header),
         "  ".join("-" * width for width in widths),
     ]
     lines += [line(row) for row in rows[:-1]]
     lines.append("  ".join("-" * width for width in widths))
     lines.append(line(rows[-1]))
+    if cascade:
+        lines.append(
+            "cascade: each attack ran on the examples still robust; accuracy = correct on the "
+            "clean input and under every attack so far"
+        )
+    else:
+        lines.append("no cascade: each attack ran on every example; accuracy = under that attack")
     failed = [check for check in report["checks"] if check["passed"] is False]
     passed = sum(check["passed"] is True for check in report["checks"])
     skipped = sum(check["passed"] is None for check in report["checks"])
@@ -660,6 +889,7 @@ __all__ = [
     "AttackSuite",
     "EvaluationData",
     "check_model_outputs",
+    "check_model_strategy",
     "evaluate",
     "format_table",
     "from_arrays",
