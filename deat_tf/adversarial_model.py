@@ -48,6 +48,17 @@ class _CarriedPerturbation:
         self.variable = None
 
 
+class _ValidationBatches:
+    """Counts the batches of the current evaluation pass, outside Keras tracking.
+
+    It seeds the validation attack's noise; as a model weight it would break
+    loading models saved without it.
+    """
+
+    def __init__(self):
+        self.variable = None
+
+
 @keras.saving.register_keras_serializable(package="deat_tf")
 class AdversarialModel(keras.Model):
     """Adversarial training around a classifier network (see the module docstring).
@@ -158,6 +169,7 @@ class AdversarialModel(keras.Model):
         )
         self._traced_steps = None
         self._carried = _CarriedPerturbation()
+        self._validation_batches = _ValidationBatches()
         self._in_evaluation = False
 
         self._loss_metric = keras.metrics.Mean(name="loss")
@@ -323,6 +335,7 @@ class AdversarialModel(keras.Model):
     def evaluate(self, *args, **kwargs):
         previous = self._in_evaluation
         self._in_evaluation = True
+        self._start_validation_pass()
         try:
             return super().evaluate(*args, **kwargs)
         finally:
@@ -655,18 +668,59 @@ class AdversarialModel(keras.Model):
         self._clean_accuracy.update_state(y, logits, sample_weight=sample_weight)
         if self.validation_attack_steps:
             labels = tf.cast(tf.reshape(y, [-1]), tf.int32)
-            x_adv = attacks.pgd(
-                self.network,
+            counter = self._validation_batches.variable
+            # Without evaluate() (test_on_batch) there is no pass to count: batch 0.
+            batch = tf.constant(0, tf.int64) if counter is None else counter.read_value()
+            x_adv, _, _ = attacks.pgd_search(
+                attacks.logits_function(self.network),
                 x,
                 labels,
+                self._validation_start(x, batch),
                 self.epsilon,
-                max(self.validation_step_size, 1e-12),
+                self.validation_step_size,
                 self.validation_attack_steps,
-                seed=self.seed,
             )
-            robust_logits = self.network(x_adv, training=False)
+            if counter is not None:
+                counter.assign_add(1)
+            robust_logits = self.network(tf.stop_gradient(x_adv), training=False)
             self._robust_accuracy.update_state(y, robust_logits, sample_weight=sample_weight)
         return self._results()
+
+    def _start_validation_pass(self):
+        """Restarts the batch count of the validation attack: each pass draws the same noise."""
+        if not self.validation_attack_steps:
+            return
+        if self._validation_batches.variable is None:
+            with self.distribute_strategy.scope():
+                self._validation_batches.variable = tf.Variable(
+                    tf.constant(0, tf.int64),
+                    trainable=False,
+                    aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+                    name="validation_batches",
+                )
+            # A test function traced before the counter existed would not count.
+            self.test_function = None
+        else:
+            self._validation_batches.variable.assign(0)
+
+    def _validation_start(self, x, batch):
+        """The validation attack's uniform start for batch `batch` of an evaluation pass.
+
+        Seeded by (seed, -1 - batch), a stream training's (seed, minibatch >= 0)
+        never uses: the noise differs from batch to batch and is the same in
+        every pass, so validation is reproducible for given weights (and after
+        a resume). Like `_random_start`, each replica draws the noise of the
+        whole global batch and keeps its slice, so 1 or N replicas see the same.
+        """
+        context = tf.distribute.get_replica_context()
+        replicas = 1 if context is None else context.num_replicas_in_sync
+        replica = 0 if context is None else context.replica_id_in_sync_group
+        seed = tf.stack([tf.constant(self.seed, tf.int64), -1 - tf.cast(batch, tf.int64)])
+        local_batch = tf.shape(x)[0]
+        shape = tf.concat([[local_batch * replicas], tf.shape(x)[1:]], axis=0)
+        noise = attacks.initial_perturbation(shape, self.epsilon, "uniform", seed=seed)
+        offset = tf.cast(replica, tf.int32) * local_batch
+        return attacks.project(x + noise[offset : offset + local_batch], x, self.epsilon)
 
     # ------------------------------------------------------------ serialization
 
