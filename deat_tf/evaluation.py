@@ -726,7 +726,7 @@ def _run_pass(strategy, distributed, replica_fn, label, size, progress):
             correct = np.concatenate(collected["correct"]).mean()
             total = f"/{size}" if size else ""
             progress(
-                f"{label}: {done}{total} examples, accuracy so far {100 * correct:.2f}%, "
+                f"{label}: {done}{total} examples, {100 * correct:.2f}% of them still correct, "
                 f"{now - started:.1f} s"
             )
             last_report = now
