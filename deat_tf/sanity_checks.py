@@ -15,7 +15,7 @@
 
 Under the cascade (`report["cascade"]`, the default of `AttackSuite`) each
 attack runs only on the examples every earlier attack left robust, and its
-accuracy is the robust accuracy after it, so two checks compare differently:
+accuracy is the robust accuracy after it, so three checks compare differently:
 
 - `monotone_in_budget` can only compare a larger budget listed before a
   smaller one: the smaller one then runs on the larger one's survivors and
