@@ -29,19 +29,20 @@ import math
 import keras
 import tensorflow as tf
 
-from deat_tf import attacks, checks, losses, methods
+from deat_tf import attacks, checks, losses, magnitude, methods, models
 from deat_tf.learning_rates import MinibatchSchedule
-from deat_tf.models import find_input_std
 
 METHODS = methods.NAMES
 STEP_SIZE_RULES = ("constant", "max_epsilon_over_steps")
 
 
-class _CarriedPerturbation:
-    """Holds the FREE perturbation buffer outside Keras tracking.
+class _Untracked:
+    """Holds a variable outside Keras tracking, so that it never becomes a model weight.
 
-    It is per replica, transient and sized by the batch, so it must not become
-    a model weight (that would break loading into a fresh model).
+    Used for FREE's carried perturbation (per replica, transient, sized by the
+    batch) and the validation pass's batch counter: as weights they would break
+    loading a saved model into a fresh one. Checkpoints of bin/train save the
+    carried perturbation explicitly (`carried_perturbation`).
     """
 
     def __init__(self):
@@ -157,12 +158,13 @@ class AdversarialModel(keras.Model):
             0, dtype="int64", trainable=False, name="schedule_epochs"
         )
         self._traced_steps = None
-        self._carried = _CarriedPerturbation()
+        self._carried = _Untracked()
+        self._validation_batches = _Untracked()
         self._in_evaluation = False
 
         self._loss_metric = keras.metrics.Mean(name="loss")
         self._adversarial_accuracy = keras.metrics.SparseCategoricalAccuracy(name="adv_accuracy")
-        self._grad_magnitude = keras.metrics.Sum(name="grad_magnitude")
+        self._grad_magnitude = magnitude.EpochMagnitude(name="grad_magnitude")
         self._attack_steps_metric = keras.metrics.Mean(name="attack_steps")
         self._non_finite_gradients = keras.metrics.Sum(name="non_finite_gradients")
         self._clean_accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
@@ -186,7 +188,7 @@ class AdversarialModel(keras.Model):
                 raise ValueError(
                     f"input_std must be 'auto', a number or a sequence, got {input_std!r}."
                 )
-            found = find_input_std(network)
+            found = models.find_input_std(network)
             return None if found is None else tuple(found)
         if input_std is None:
             return None
@@ -281,13 +283,26 @@ class AdversarialModel(keras.Model):
         kwargs.pop("weighted_metrics", None)
         if loss is None:
             loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        optimizer = keras.optimizers.get(optimizer)
+        scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+        if self._computes_in_float16() and not scaled:
+            # Keras adds dynamic loss scaling only when this model's own dtype
+            # policy is mixed_float16; the network's layers are what matters.
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         super().compile(optimizer=optimizer, loss=loss, **kwargs)
+        inner = getattr(self.optimizer, "inner_optimizer", self.optimizer)
         # Keras has no public getter for an optimizer's schedule object.
-        schedule = getattr(self.optimizer, "_learning_rate", None)
+        schedule = getattr(inner, "_learning_rate", None)
         if isinstance(schedule, MinibatchSchedule):
             schedule.counter = self._minibatch_counter
         elif isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
-            self.optimizer.learning_rate = MinibatchSchedule(schedule, self._minibatch_counter)
+            inner.learning_rate = MinibatchSchedule(schedule, self._minibatch_counter)
+
+    def _computes_in_float16(self):
+        return any(
+            getattr(layer, "compute_dtype", None) == "float16"
+            for layer in models.all_layers(self.network)
+        )
 
     def compile_from_config(self, config):
         """Recompiles from a saved compile config (used when loading a `.keras` file)."""
@@ -325,6 +340,7 @@ class AdversarialModel(keras.Model):
     def evaluate(self, *args, **kwargs):
         previous = self._in_evaluation
         self._in_evaluation = True
+        self._start_validation_pass()
         try:
             return super().evaluate(*args, **kwargs)
         finally:
@@ -353,11 +369,7 @@ class AdversarialModel(keras.Model):
         replicas = self.distribute_strategy.num_replicas_in_sync
         if replicas == 1 or self._method.family != "attack_then_update":
             return
-        synchronized = [
-            layer.name
-            for layer in _all_layers(self.network)
-            if isinstance(layer, keras.layers.BatchNormalization) and layer.synchronized
-        ]
+        synchronized = models.synchronized_batch_norm_layers(self.network)
         if synchronized:
             # Its cross-replica reduction cannot run inside the attack's tf.while_loop.
             raise ValueError(
@@ -439,19 +451,22 @@ class AdversarialModel(keras.Model):
         x = checks.check_image_tensor(x, "images")
         labels = tf.cast(tf.reshape(y, [-1]), tf.int32)
         if self._method.replays:
-            steps, logits, loss, input_gradient = self._replay_step(x, y, sample_weight)
+            steps, (logits, loss, input_gradient, gradient_finite) = self._replay_step(
+                x, y, sample_weight
+            )
         elif self._method.family == "attack_then_update":
-            steps, logits, loss, input_gradient = self._attack_then_update_step(
+            steps, (logits, loss, input_gradient, gradient_finite) = self._attack_then_update_step(
                 x, y, labels, sample_weight
             )
         elif self.method == "fgsm_rs":
-            steps, logits, loss, input_gradient = self._fgsm_step(x, y, labels, sample_weight)
+            steps, (logits, loss, input_gradient, gradient_finite) = self._fgsm_step(
+                x, y, labels, sample_weight
+            )
         else:
             steps = 0
-            logits, loss, _ = self._update(
+            logits, loss, input_gradient, gradient_finite = self._update(
                 _identity, x, self._cross_entropy_forward(y, sample_weight), False
             )
-            input_gradient = None
 
         batch_size = tf.shape(x)[0]
         self._loss_metric.update_state(_unscale_for_distribution(loss), sample_weight=batch_size)
@@ -459,45 +474,25 @@ class AdversarialModel(keras.Model):
         if input_gradient is None:
             self._grad_magnitude.update_state(0.0)
         else:
-            self._grad_magnitude.update_state(self._magnitude(input_gradient))
+            self._grad_magnitude.update_state(
+                magnitude.input_gradient_magnitude(input_gradient, self._input_std),
+                valid=gradient_finite,
+            )
         self._attack_steps_metric.update_state(tf.cast(steps, tf.float32))
         self._minibatch_counter.assign_add(1)
         return self._results()
 
-    def _magnitude(self, input_gradient):
-        """Sum over pixels, channels and examples of |dL/dx * std| (float32)."""
-        gradient = tf.cast(input_gradient, tf.float32)
-        if self._input_std is not None:
-            channels = gradient.shape[-1]
-            if len(self._input_std) not in (1, channels):
-                raise ValueError(
-                    f"input_std has {len(self._input_std)} values but the images have "
-                    f"{channels} channels."
-                )
-            gradient = gradient * tf.constant(self._input_std, tf.float32)
-        return tf.reduce_sum(tf.abs(gradient))
-
     def _random_start(self, x):
-        """The random start of this minibatch, the same for any number of replicas.
+        """The random start of this minibatch, seeded by (seed, minibatch count).
 
-        Each replica draws the start of the whole (evenly split) global batch
-        from one seed per minibatch and keeps its own slice, so replicas get
-        different noise and 1 or N replicas train on the same starts. The extra
-        draws cost little next to a forward pass.
+        The same for any number of replicas (see `attacks.replica_start`).
         """
-        context = tf.distribute.get_replica_context()
-        replicas = 1 if context is None else context.num_replicas_in_sync
-        replica = 0 if context is None else context.replica_id_in_sync_group
         seed = tf.stack(
             [tf.constant(self.seed, tf.int64), tf.cast(self._minibatch_counter.value, tf.int64)]
         )
-        local_batch = tf.shape(x)[0]
-        shape = tf.concat([[local_batch * replicas], tf.shape(x)[1:]], axis=0)
-        noise = attacks.initial_perturbation(
-            shape, self.epsilon, self.initialization, self.initialization_scale, seed=seed
+        return attacks.replica_start(
+            x, self.epsilon, seed, self.initialization, self.initialization_scale
         )
-        offset = tf.cast(replica, tf.int32) * local_batch
-        return attacks.project(x + noise[offset : offset + local_batch], x, self.epsilon)
 
     def _cross_entropy_forward(self, y, sample_weight):
         """The forward of the standard update: compiled loss on f(images)."""
@@ -522,7 +517,8 @@ class AdversarialModel(keras.Model):
             want_input_gradient: Whether to differentiate w.r.t. `attack_input` too.
 
         Returns:
-            (logits, loss, gradient w.r.t. attack_input or None).
+            (logits, loss, gradient w.r.t. attack_input or None, whether that
+            gradient was finite before its non-finite values were zeroed).
         """
         variables = self.trainable_variables
         with tf.GradientTape() as tape:
@@ -534,7 +530,7 @@ class AdversarialModel(keras.Model):
         gradients = tape.gradient(scaled_loss, targets)
         # Loss scaling (mixed precision) multiplies every gradient by the scale.
         loss_scale = tf.cast(self.optimizer.scale_loss(tf.constant(1.0)), tf.float32)
-        input_gradient = None
+        input_gradient, finite_gradient = None, tf.constant(True)
         if want_input_gradient:
             input_gradient = tf.cast(gradients.pop(), tf.float32) / loss_scale
             # A non-finite value would make the sign step NaN and poison x_adv:
@@ -544,6 +540,7 @@ class AdversarialModel(keras.Model):
                 tf.reduce_sum(tf.cast(tf.logical_not(finite), tf.float32))
             )
             input_gradient = tf.where(finite, input_gradient, tf.zeros_like(input_gradient))
+            finite_gradient = tf.reduce_all(finite)
         if self.l2_weight_decay:
             replicas = tf.distribute.get_strategy().num_replicas_in_sync
             # Gradients are summed over replicas, so each adds its share of the L2 term.
@@ -555,7 +552,7 @@ class AdversarialModel(keras.Model):
                 for gradient, variable in zip(gradients, variables)
             ]
         self.optimizer.apply(gradients, variables)
-        return logits, loss, input_gradient
+        return logits, loss, input_gradient, finite_gradient
 
     def _replay_step(self, x, y, sample_weight):
         replays = self._traced_steps if self._traced_steps is not None else self.attack_steps
@@ -578,7 +575,8 @@ class AdversarialModel(keras.Model):
             to_images = _identity
         loss_fn = self._cross_entropy_forward(y, sample_weight)
         for replay in range(replays):
-            logits, loss, gradient = self._update(to_images, attack_input, loss_fn, True)
+            update = self._update(to_images, attack_input, loss_fn, True)
+            gradient = update[2]
             if self.carry_perturbation:
                 attack_input = tf.clip_by_value(
                     attack_input + step_size * tf.sign(gradient), -self.epsilon, self.epsilon
@@ -589,7 +587,7 @@ class AdversarialModel(keras.Model):
                 )
         if self.carry_perturbation:
             buffer.assign(tf.concat([attack_input, stored[batch:]], axis=0))
-        return replays, logits, loss, gradient
+        return replays, update
 
     def _attack_logits_function(self):
         """Training-mode forward that leaves BatchNorm moving statistics untouched."""
@@ -632,8 +630,7 @@ class AdversarialModel(keras.Model):
             attack_logits, x, labels, start, self.epsilon, step_size, steps, attack_loss
         )
         x_adv = tf.stop_gradient(x_adv)
-        logits, loss, gradient = self._update(_identity, x_adv, loss_fn, True)
-        return steps, logits, loss, gradient
+        return steps, self._update(_identity, x_adv, loss_fn, True)
 
     def _trades_forward(self, x, y, sample_weight):
         """CE(f(x), y) + beta * KL(f(x) || f(x_adv)), KL summed over classes, batch mean."""
@@ -674,10 +671,9 @@ class AdversarialModel(keras.Model):
         x_adv = tf.stop_gradient(
             attacks.project(attacks.signed_step(start, gradient, self.step_size), x, self.epsilon)
         )
-        logits, loss, gradient = self._update(
+        return 1, self._update(
             _identity, x_adv, self._cross_entropy_forward(y, sample_weight), True
         )
-        return 1, logits, loss, gradient
 
     # ---------------------------------------------------------------- test step
 
@@ -694,18 +690,51 @@ class AdversarialModel(keras.Model):
         self._clean_accuracy.update_state(y, logits, sample_weight=sample_weight)
         if self.validation_attack_steps:
             labels = tf.cast(tf.reshape(y, [-1]), tf.int32)
-            x_adv = attacks.pgd(
-                self.network,
+            counter = self._validation_batches.variable
+            # Without evaluate() (test_on_batch) there is no pass to count: batch 0.
+            batch = tf.constant(0, tf.int64) if counter is None else counter.read_value()
+            x_adv, _, _ = attacks.pgd_search(
+                attacks.logits_function(self.network),
                 x,
                 labels,
+                self._validation_start(x, batch),
                 self.epsilon,
-                max(self.validation_step_size, 1e-12),
+                self.validation_step_size,
                 self.validation_attack_steps,
-                seed=self.seed,
             )
-            robust_logits = self.network(x_adv, training=False)
+            if counter is not None:
+                counter.assign_add(1)
+            robust_logits = self.network(tf.stop_gradient(x_adv), training=False)
             self._robust_accuracy.update_state(y, robust_logits, sample_weight=sample_weight)
         return self._results()
+
+    def _start_validation_pass(self):
+        """Restarts the batch count of the validation attack: each pass draws the same noise."""
+        if not self.validation_attack_steps:
+            return
+        if self._validation_batches.variable is None:
+            with self.distribute_strategy.scope():
+                self._validation_batches.variable = tf.Variable(
+                    tf.constant(0, tf.int64),
+                    trainable=False,
+                    aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+                    name="validation_batches",
+                )
+            # A test function traced before the counter existed would not count.
+            self.test_function = None
+        else:
+            self._validation_batches.variable.assign(0)
+
+    def _validation_start(self, x, batch):
+        """The validation attack's uniform start for batch `batch` of an evaluation pass.
+
+        Seeded by (seed, -1 - batch), a stream training's (seed, minibatch >= 0)
+        never uses: the noise differs from batch to batch and is the same in
+        every pass, so validation is reproducible for given weights (and after
+        a resume), and the same for 1 or N replicas.
+        """
+        seed = tf.stack([tf.constant(self.seed, tf.int64), -1 - tf.cast(batch, tf.int64)])
+        return attacks.replica_start(x, self.epsilon, seed)
 
     # ------------------------------------------------------------ serialization
 
@@ -740,12 +769,6 @@ class AdversarialModel(keras.Model):
 
 def _identity(images):
     return images
-
-
-def _all_layers(model):
-    for layer in getattr(model, "layers", ()):
-        yield layer
-        yield from _all_layers(layer)
 
 
 def _per_replica_share(loss):

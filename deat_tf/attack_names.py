@@ -10,18 +10,40 @@
   cross-entropy, on the DLR loss, and targeted DLR towards each of the 9 most
   likely wrong classes. 100 steps and one run (per target) unless named, as in
   `apgd-ce50` or `apgd-t100x2`. No step size: it adapts per example.
+- `fab-t`: targeted FAB (Croce and Hein 2020) towards each of the 9 most likely
+  wrong classes, 100 iterations and one run per target unless named
+  (`fab-t50x2`); `fab`: untargeted FAB (one gradient per class and iteration).
+  Success means an adversarial example at L-infinity distance <= epsilon.
+- `square`: the Square attack (Andriushchenko et al. 2020), 5,000 queries of the
+  logits and no gradient; `square1000` names the budget, `square5000x5` the
+  restarts.
+- `autoattack`: AutoAttack's standard list, `apgd-ce,apgd-t,fab-t,square`;
+  `autoattack-plus`: its "plus" list, `apgd-ce100x5,apgd-dlr100x5,fab100x5,
+  square5000x5,apgd-t,fab-t`. Either may stand among other names.
 """
 
 import dataclasses
 import re
 
-from deat_tf import apgd, attacks, checks
+from deat_tf import apgd, attacks, checks, fab, square
 
 ATTACK_NAMES_HELP = (
     "clean, fgsm, pgdN, cwN (N steps, e.g. pgd20; pgd50x10 for 10 restarts), "
-    "apgd-ce, apgd-dlr, apgd-t (optionally with steps and restarts, e.g. apgd-ce50, apgd-t100x2)"
+    "apgd-ce, apgd-dlr, apgd-t, fab-t, fab (optionally with steps and restarts, e.g. apgd-ce50, "
+    "apgd-t100x2), square (5000 queries; square1000x2), autoattack, autoattack-plus"
 )
 APGD_DEFAULT_STEPS = 100
+FAB_DEFAULT_STEPS = fab.FAB_STEPS
+SQUARE_DEFAULT_QUERIES = square.SQUARE_QUERIES
+# AutoAttack's lists (Croce and Hein 2020), in its order: each attack runs on
+# the examples the earlier ones left robust (see `deat_tf.evaluation`).
+ATTACK_GROUPS = {
+    "autoattack": "apgd-ce,apgd-t,fab-t,square",
+    "autoattack-plus": "apgd-ce100x5,apgd-dlr100x5,fab100x5,square5000x5,apgd-t,fab-t",
+}
+# Attacks that follow the input gradient (the masking checks compare Square and FGSM with them).
+ITERATIVE_METHODS = ("pgd", "apgd", "apgd-t", "fab", "fab-t")
+GRADIENT_METHODS = ("fgsm",) + ITERATIVE_METHODS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,13 +52,13 @@ class AttackSpec:
 
     Attributes:
         name: The name as given, e.g. "pgd20".
-        method: "clean", "fgsm", "pgd", "apgd" or "apgd-t".
-        loss: "ce", "cw" or "dlr" ("" for clean).
-        steps: Gradient evaluations per run.
-        restarts: Random restarts (per target for apgd-t).
+        method: "clean", "fgsm", "pgd", "apgd", "apgd-t", "fab", "fab-t" or "square".
+        loss: "ce", "cw", "dlr" or "margin" (Square); "" for clean and FAB.
+        steps: Iterations per run; Square's query budget per run.
+        restarts: Restarts (per target for apgd-t and fab-t).
         step_size: Step of fgsm/pgd (None: the default for the suite's
-            epsilon); None for APGD, whose step adapts.
-        target_classes: Targets of apgd-t (capped at classes - 1 when run).
+            epsilon); None for the other attacks, whose steps adapt.
+        target_classes: Targets of apgd-t and fab-t (capped at classes - 1 when run).
     """
 
     name: str
@@ -47,19 +69,35 @@ class AttackSpec:
     step_size: float | None = None
     target_classes: int = 0
 
+    def targets(self, num_classes):
+        """Targets per example of apgd-t and fab-t (capped at classes - 1), else 0."""
+        if self.method in ("apgd-t", "fab-t"):
+            return min(self.target_classes, num_classes - 1)
+        return 0
+
     def runs(self, num_classes):
-        """Number of attack runs per example (restarts, times targets for apgd-t)."""
-        if self.method == "apgd-t":
-            return self.restarts * min(self.target_classes, num_classes - 1)
-        return self.restarts if self.method in ("pgd", "apgd") else 1
+        """Number of attack runs per example (restarts, times targets for apgd-t and fab-t)."""
+        if self.method in ("clean", "fgsm"):
+            return 1
+        return self.restarts * max(self.targets(num_classes), 1)
 
     def gradient_evaluations(self, num_classes):
-        """Input-gradient evaluations per example."""
-        if self.method == "clean":
+        """Input-gradient evaluations per attacked example.
+
+        Untargeted FAB takes the gradient of every logit at each iteration;
+        Square takes none (see `queries`).
+        """
+        if self.method in ("clean", "square"):
             return 0
         if self.method == "fgsm":
             return 1
+        if self.method == "fab":
+            return self.steps * self.runs(num_classes) * num_classes
         return self.steps * self.runs(num_classes)
+
+    def queries(self):
+        """Square's query budget per attacked example (an example stops at its first success)."""
+        return self.steps * self.restarts if self.method == "square" else 0
 
     def budget_key(self):
         """Attacks with equal keys differ only in steps, restarts and step size."""
@@ -74,7 +112,8 @@ class AttackSpec:
 
 
 _ATTACK_PATTERN = re.compile(
-    r"^(?P<base>clean|fgsm|pgd|cw|apgd-ce|apgd-dlr|apgd-t)(?P<steps>\d+)?(?:x(?P<restarts>\d+))?$"
+    r"^(?P<base>clean|fgsm|pgd|cw|apgd-ce|apgd-dlr|apgd-t|fab-t|fab|square)"
+    r"(?P<steps>\d+)?(?:x(?P<restarts>\d+))?$"
 )
 
 
@@ -82,7 +121,8 @@ def parse_attacks(names, epsilon=None, restarts=1, step_size=None):
     """Resolves a comma-separated list of attack names into `AttackSpec`s.
 
     Args:
-        names: E.g. "clean,fgsm,pgd20,cw20,apgd-ce,apgd-t" (see the module docstring).
+        names: E.g. "clean,fgsm,pgd20,cw20,apgd-ce,apgd-t" or "autoattack" (see
+            the module docstring); a group name stands for its attacks.
         epsilon: L-infinity radius; if given, fills the default step sizes
             (epsilon for FGSM, 2.5 * epsilon / steps for PGD). Without it they
             stay None and `AttackSuite` fills them.
@@ -99,8 +139,16 @@ def parse_attacks(names, epsilon=None, restarts=1, step_size=None):
     if step_size is not None:
         step_size = checks.check_positive(step_size, "step_size")
     if isinstance(names, str):
-        names = [name.strip() for name in names.split(",")]
-    names = [name for name in names if name]
+        names = names.split(",")
+    names = [name.strip() for name in names]
+    names = [
+        member
+        for name in names
+        for member in (
+            ATTACK_GROUPS[name.lower()].split(",") if name.lower() in ATTACK_GROUPS else [name]
+        )
+        if member
+    ]
     if not names:
         raise ValueError(f"attacks is empty; allowed names: {ATTACK_NAMES_HELP}.")
     specs = []
@@ -139,10 +187,18 @@ def _spec_from_match(name, match, default_restarts, step_size):
         if steps < 1 or runs < 1:
             raise ValueError(f"attacks: steps and restarts of {name!r} must be >= 1.")
         return AttackSpec(name, "pgd", "ce" if base == "pgd" else "cw", steps, runs, step_size)
-    steps = int(steps) if steps else APGD_DEFAULT_STEPS
+    default_steps = {"square": SQUARE_DEFAULT_QUERIES, "fab": FAB_DEFAULT_STEPS}
+    default_steps["fab-t"] = FAB_DEFAULT_STEPS
+    steps = int(steps) if steps else default_steps.get(base, APGD_DEFAULT_STEPS)
     runs = int(restarts) if restarts else 1
     if steps < 1 or runs < 1:
         raise ValueError(f"attacks: steps and restarts of {name!r} must be >= 1.")
+    if base == "square":
+        return AttackSpec(name, "square", "margin", steps, runs, None)
+    if base == "fab-t":
+        return AttackSpec(name, "fab-t", "", steps, runs, None, fab.FAB_TARGET_CLASSES)
+    if base == "fab":
+        return AttackSpec(name, "fab", "", steps, runs, None)
     if base == "apgd-t":
         return AttackSpec(name, "apgd-t", "dlr", steps, runs, None, apgd.APGD_TARGET_CLASSES)
     return AttackSpec(name, "apgd", base.split("-")[1], steps, runs, None)

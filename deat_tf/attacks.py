@@ -21,8 +21,9 @@ the evaluation reuse:
   `apgd.apgd_loop` return the strongest iterate they saw;
 - `strongest_attack`, the one composer: it runs a loop from the start of every
   restart (and towards every target of a targeted attack) and keeps, per
-  example, the strongest result. `pgd`, `apgd`, `apgd_targeted` and
-  `deat_tf.evaluation` differ only in the loop and the start they give it.
+  example, the strongest result. `pgd`, `apgd`, `apgd_targeted`, the FAB and
+  Square attacks (`deat_tf.fab`, `deat_tf.square`) and `deat_tf.evaluation`
+  differ only in the loop and the start they give it.
 
 The objectives (cross-entropy, the CW margin, DLR, ...) live in
 `deat_tf.losses`; `per_example_loss` and `margin` are re-exported here, and the
@@ -339,6 +340,34 @@ def pgd_search(logits_fn, x, labels, x_start, epsilon, step_size, steps, loss="c
 # ------------------------------------------------------------------- composer
 
 
+def replica_start(x, epsilon, seed, kind="uniform", scale=None):
+    """A random start for this replica's part of a global batch, the same for any replica count.
+
+    Each replica draws the start of the whole (evenly split) global batch from
+    one stateless seed and keeps its own slice, so replicas get different
+    noise and 1 or N replicas train on the same starts. The extra draws cost
+    little next to a forward pass.
+
+    Args:
+        x: This replica's clean images.
+        epsilon: L-infinity radius.
+        seed: Stateless seed, an int64 tensor of shape [2].
+        kind: Initialization kind (see `initial_perturbation`).
+        scale: Size of the draw (None: epsilon).
+
+    Returns:
+        x plus its slice of the noise, projected into the ball and [0, 1].
+    """
+    context = tf.distribute.get_replica_context()
+    replicas = 1 if context is None else context.num_replicas_in_sync
+    replica = 0 if context is None else context.replica_id_in_sync_group
+    local_batch = tf.shape(x)[0]
+    shape = tf.concat([[local_batch * replicas], tf.shape(x)[1:]], axis=0)
+    noise = initial_perturbation(shape, epsilon, kind, scale, seed=seed)
+    offset = tf.cast(replica, tf.int32) * local_batch
+    return project(x + noise[offset : offset + local_batch], x, epsilon)
+
+
 def batch_starts(x, epsilon, seed, random_start=True):
     """Starts of each restart, one uniform draw per batch.
 
@@ -392,26 +421,30 @@ def example_starts(x, epsilon, seed, example_indices):
     return start
 
 
-def strongest_over_runs(run, runs, x):
+def strongest_over_runs(run, runs, x, counts=False):
     """Calls `run(i)` for i in [0, runs) and keeps, per example, the strongest result.
 
     The runs share one traced body (a `tf.while_loop`).
 
     Args:
         run: Callable taking a scalar int32 tensor and returning (candidate
-            images, per-example losses, per-example misclassified).
+            images, per-example losses, per-example misclassified), followed,
+            with `counts`, by a per-example int32 count of what the run spent
+            (Square's queries).
         runs: Number of runs >= 1 (a Python int or an int tensor).
         x: The clean images (the shape and dtype of the candidates).
+        counts: Whether `run` returns the count; it is summed over the runs.
 
     Returns:
         A tuple (strongest images, their losses, misclassified by any run, and a
-        bool tensor [runs, batch]: misclassified by run i).
+        bool tensor [runs, batch]: misclassified by run i), with the summed
+        per-example count last when `counts` is set.
     """
     batch = tf.shape(x)[0]
     history = tf.TensorArray(tf.bool, size=tf.cast(runs, tf.int32), element_shape=[None])
 
-    def body(index, best, best_losses, best_misclassified, history):
-        candidate, candidate_losses, wrong = run(index)
+    def body(index, best, best_losses, best_misclassified, history, spent):
+        candidate, candidate_losses, wrong, *count = run(index)
         stronger = is_stronger(candidate_losses, wrong, best_losses, best_misclassified)
         return (
             index + 1,
@@ -419,6 +452,7 @@ def strongest_over_runs(run, runs, x):
             tf.where(stronger, candidate_losses, best_losses),
             tf.logical_or(best_misclassified, wrong),
             history.write(index, wrong),
+            spent + tf.cast(count[0], tf.int32) if counts else spent,
         )
 
     initial = [
@@ -427,42 +461,48 @@ def strongest_over_runs(run, runs, x):
         tf.fill([batch], tf.float32.min),
         tf.zeros([batch], tf.bool),
         history,
+        tf.zeros([batch], tf.int32),
     ]
-    _, best, best_losses, best_misclassified, history = tf.while_loop(
+    _, best, best_losses, best_misclassified, history, spent = tf.while_loop(
         lambda index, *_: index < runs, body, initial, parallel_iterations=1
     )
-    return best, best_losses, best_misclassified, history.stack()
+    result = (best, best_losses, best_misclassified, history.stack())
+    return result + (spent,) if counts else result
 
 
-def strongest_attack(loop, start, x, restarts, targets=None):
+def strongest_attack(loop, start, x, restarts, targets=None, counts=False):
     """Runs `loop` from every restart's start (towards every target) and keeps the strongest.
 
-    This is the one composition of every multi-run attack: PGD and APGD
-    restarts, and the target classes of APGD-T (runs ordered target by target,
-    each with all its restarts).
+    This is the one composition of every multi-run attack: PGD, APGD, FAB and
+    Square restarts, and the target classes of APGD-T and FAB-T (runs ordered
+    target by target, each with all its restarts).
 
     Args:
-        loop: Callable (start images, target labels [batch] or None) returning
-            (images, per-example losses, per-example misclassified).
-        start: Callable restart index -> start images (`batch_starts`,
-            `example_starts`).
+        loop: Callable (start, target labels [batch] or None) returning
+            (images, per-example losses, per-example misclassified), and with
+            `counts` a per-example int32 count of what the run spent.
+        start: Callable restart index -> what the loop starts from: start
+            images (`batch_starts`, `example_starts`, `fab.restart_starts`), or
+            the restart's per-example seeds (`square.restart_seeds`).
         x: The clean images.
         restarts: Restarts per target, >= 1 (Python int or scalar tensor).
         targets: Optional integer tensor [batch, targets] with a static second
             dimension: a targeted attack runs towards each column.
+        counts: Whether `loop` returns a count; the sum over runs is returned last.
 
     Returns:
         A tuple (strongest images, their losses, misclassified by any run, bool
-        tensor [runs, batch]: misclassified by run i).
+        tensor [runs, batch]: misclassified by run i), with the per-example
+        count summed over runs last when `counts` is set.
     """
     if targets is None:
-        return strongest_over_runs(lambda restart: loop(start(restart), None), restarts, x)
+        return strongest_over_runs(lambda restart: loop(start(restart), None), restarts, x, counts)
 
     def run(index):
         target_labels = tf.gather(targets, index // restarts, axis=1)
         return loop(start(index % restarts), target_labels)
 
-    return strongest_over_runs(run, targets.shape[1] * restarts, x)
+    return strongest_over_runs(run, targets.shape[1] * restarts, x, counts)
 
 
 # ------------------------------------------------------------------- attacks

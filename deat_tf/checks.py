@@ -71,15 +71,16 @@ def check_nonnegative(value, name):
     return number
 
 
-def check_range(value, name, low, high, include_high=True):
-    """Validates a number in [low, high] (or [low, high) with include_high=False).
+def check_range(value, name, low, high, include_high=True, include_low=True):
+    """Validates a number in [low, high] (open at either end on request).
 
     Args:
         value: The number to check.
         name: The argument name used in the error message.
-        low: Smallest allowed value (included).
+        low: Smallest allowed value.
         high: Largest allowed value.
         include_high: Whether `high` itself is allowed.
+        include_low: Whether `low` itself is allowed.
 
     Returns:
         The number as a float.
@@ -87,9 +88,11 @@ def check_range(value, name, low, high, include_high=True):
     Raises:
         ValueError: If the number is outside the range.
     """
-    interval = f"[{low:g}, {high:g}{']' if include_high else ')'}"
+    interval = f"{'[' if include_low else '('}{low:g}, {high:g}{']' if include_high else ')'}"
     number = _number(value, name, f"a number in {interval}")
-    inside = low <= number <= high if include_high else low <= number < high
+    above_low = low <= number if include_low else low < number
+    below_high = number <= high if include_high else number < high
+    inside = above_low and below_high
     if not inside:
         raise ValueError(f"{name} must be in {interval}, got {number}.")
     return number

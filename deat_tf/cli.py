@@ -26,12 +26,16 @@ from deat_tf import config as config_lib
 TRAIN_PROGRAM = "bin/train"
 EVALUATE_PROGRAM = "bin/evaluate"
 
+# Under the cascade each attack runs on the survivors of the ones listed
+# before it, so the presets list the larger PGD budget first and FGSM last:
+# the smaller budget and FGSM must then fool (almost) none of those survivors,
+# which keeps the budget and masking checks meaningful (deat_tf.sanity_checks).
 EVALUATION_PRESETS = {
     "mnist": {
         "dataset": "mnist",
         "epsilon": 0.3,
         "n_examples": 10000,
-        "attacks": "clean,fgsm,pgd50,cw50,apgd-ce,apgd-t",
+        "attacks": "clean,pgd50,cw50,apgd-ce,apgd-t,fgsm",
         "restarts": 10,
         "step_size": 0.01,
     },
@@ -39,7 +43,7 @@ EVALUATION_PRESETS = {
         "dataset": "cifar10",
         "epsilon": 8 / 255,
         "n_examples": 10000,
-        "attacks": "clean,fgsm,pgd20,pgd100,cw20,apgd-ce,apgd-t",
+        "attacks": "clean,pgd100,pgd20,cw20,apgd-ce,apgd-t,fgsm",
         "restarts": 1,
         "step_size": 2 / 255,
     },
@@ -47,7 +51,7 @@ EVALUATION_PRESETS = {
         "dataset": "imagenet2012",
         "epsilon": 4 / 255,
         "n_examples": 5000,
-        "attacks": "clean,fgsm,pgd10,pgd50,apgd-ce,apgd-t",
+        "attacks": "clean,pgd50,pgd10,apgd-ce,apgd-t,fgsm",
         "restarts": 1,
         "step_size": 1 / 255,
     },
@@ -290,8 +294,18 @@ def define_evaluate_flags(flag_values):
         "attacks",
         None,
         "Comma-separated: clean, fgsm, pgdN, cwN (pgd50x10 = 10 restarts), "
-        "apgd-ce, apgd-dlr, apgd-t (apgd-ce50 = 50 steps). Default: the preset's, else "
-        f"{evaluation.DEFAULT_ATTACKS}.",
+        "apgd-ce, apgd-dlr, apgd-t, fab-t, fab (apgd-ce50 = 50 steps), square (5000 queries; "
+        "square1000x2), or autoattack (apgd-ce,apgd-t,fab-t,square) / autoattack-plus. "
+        f"Default: the preset's, else {evaluation.DEFAULT_ATTACKS}.",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_bool(
+        "cascade",
+        True,
+        "Run each attack only on the examples still robust (correct on the clean input and "
+        "under every attack before it), as AutoAttack does; an attack's accuracy is then the "
+        "robust accuracy after it. --nocascade runs every attack on every example, for "
+        "per-attack accuracies.",
         flag_values=flag_values,
     )
     flags.DEFINE_integer(
@@ -307,7 +321,7 @@ def define_evaluate_flags(flag_values):
         None,
         f"Standard settings: {presets}. cifar10: eps 8/255, 10k test images; "
         "imagenet: eps 4/255, 5k validation images, resize 256 / crop 224; mnist: eps 0.3, "
-        "PGD-50 step 0.01 x 10 restarts.",
+        "PGD-50 step 0.01 x 10 restarts. Any preset with --attacks=autoattack runs AutoAttack.",
         flag_values=flag_values,
     )
     flags.DEFINE_integer(
@@ -351,7 +365,7 @@ def define_evaluate_flags(flag_values):
     flags.DEFINE_bool(
         "jit_compile",
         False,
-        "XLA-compile each replica's attack step (faster on GPU; its random "
+        "XLA-compile each replica's attack step, except Square's (faster on GPU; its random "
         "numbers and rounding differ, so results may differ slightly).",
         flag_values=flag_values,
     )
@@ -432,6 +446,7 @@ def evaluate(flag_values, program=EVALUATE_PROGRAM, stdout=None, stderr=None):
             batch_size=flag_values.batch_size,
             outputs=flag_values.outputs,
             jit_compile=flag_values.jit_compile,
+            cascade=flag_values.cascade,
         )
         output = _check_output_path(flag_values.output)
         strategy = distribute.make_strategy(flag_values.strategy)

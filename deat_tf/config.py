@@ -101,6 +101,9 @@ class TrainConfig:
     Runtime:
         strategy: auto (MirroredStrategy if several GPUs), mirrored or one_device.
         jit_compile: XLA-compile the train and test steps (Keras compile(jit_compile=True)).
+        precision: float32, mixed_float16 (with dynamic loss scaling) or
+            mixed_bfloat16: the Keras dtype policy of the network; logits,
+            losses, perturbations and the statistic stay float32.
         seed: Seed of weights, random starts, shuffling and augmentation.
         progress_bar: Show Keras' per-epoch progress bar.
         stop_on_collapse: Stop when training collapses to chance or overfits
@@ -158,6 +161,7 @@ class TrainConfig:
 
     strategy: str = "auto"
     jit_compile: bool = False
+    precision: str = "float32"
     seed: int = 0
     progress_bar: bool = True
     stop_on_collapse: bool = True

@@ -30,8 +30,30 @@ def make_strategy(name="auto"):
         )
     if name == "mirrored":
         devices = gpus or [device.name for device in tf.config.list_logical_devices("CPU")]
-        return tf.distribute.MirroredStrategy(devices)
+        return mirrored_strategy(devices)
     return tf.distribute.OneDeviceStrategy(gpus[0] if gpus else "/cpu:0")
+
+
+def mirrored_strategy(devices):
+    """MirroredStrategy over `devices`; on CPUs, gradients are summed on one of them.
+
+    MirroredStrategy sums CPU gradients with collective ops by default, whose
+    keys restart at every new strategy: in a process that builds several
+    (tests, bin/evaluate after bin/train), a later model's sum can meet an
+    earlier one's and fail with a shape mismatch. Logical CPUs share memory,
+    so summing on one device costs nothing extra. GPUs keep NCCL.
+
+    Args:
+        devices: Device names.
+
+    Returns:
+        A `tf.distribute.MirroredStrategy`.
+    """
+    if all("CPU" in device.upper() for device in devices):
+        return tf.distribute.MirroredStrategy(
+            devices, cross_device_ops=tf.distribute.ReductionToOneDevice()
+        )
+    return tf.distribute.MirroredStrategy(devices)
 
 
 def device_names(strategy):

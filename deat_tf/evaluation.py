@@ -1,6 +1,6 @@
 """Robust evaluation: run a list of attacks over a dataset and report what survives.
 
-    suite = evaluation.AttackSuite("clean,fgsm,pgd20,cw20,apgd-ce,apgd-t", epsilon=0.3)
+    suite = evaluation.AttackSuite("autoattack", epsilon=0.3)   # or "clean,fgsm,pgd20,apgd-t"
     data = evaluation.load_data("mnist_sample", n_examples=1000)
     report = suite.run(network, data)          # or evaluation.evaluate(network, data, names, 0.3)
     print(evaluation.format_table(report))
@@ -9,15 +9,41 @@
 `bin/evaluate` (`deat_tf.cli`) adds presets and flags around these calls, and
 `bin/train` evaluates its final networks with the same code.
 
-Attack names (comma-separated, each at most once) are listed in
+Attack names (comma-separated, each at most once; `autoattack` and
+`autoattack-plus` stand for AutoAttack's lists) are listed in
 `deat_tf.attack_names`; `parse_attacks` and `AttackSpec` are reachable here too.
+
+The cascade (`cascade=True`, the default; `--nocascade` in `bin/evaluate`):
+the clean pass runs on every example, then each attack, in list order, only
+on the examples still robust, i.e. correct on the clean input and under every
+earlier attack, as AutoAttack does. The robust accuracy is the same as with
+every attack on every example (each example's result does not depend on the
+others), at a fraction of the cost. What the numbers mean then:
+
+- `accuracy` of an attack is the robust accuracy after it (correct on the
+  clean input and under it and every attack above it), so it can only fall
+  down the list and the last one is the robust accuracy. Without the cascade
+  it is the accuracy under that attack alone, on every example.
+- `attacked` is the number of examples it ran on; `gradient_evaluations` (and
+  Square's `queries`) count what it spent on them; `fooled_first` is the
+  number of examples it was the first in the list to fool (with or without
+  the cascade).
+- `accuracy_by_run`, `reevaluation_mismatches`, `max_perturbation` and
+  `within_bounds` are over the examples it attacked.
+- The sanity checks that compare attacks (`deat_tf.sanity_checks`) compare a
+  later attack with the survivors of the earlier ones.
+
+`run(..., return_images=True)` also returns the adversarial images: per
+example the image of the first attack that fooled it (AutoAttack's x_adv), the
+clean image where none did.
 
 What the report holds (`AttackSuite.run` returns it, `write_report` writes it
 as JSON): per attack the accuracy, the accuracy after each run (restart, or
-target x restart for apgd-t), the time, the number of input-gradient
-evaluations and the largest perturbation found; the worst-case robust
-accuracy; and the checks of `deat_tf.sanity_checks`, each with `passed` and a
-message, failures also in `warnings`.
+target x restart for apgd-t and fab-t), the time, the examples attacked, the
+input-gradient evaluations and queries spent and the largest perturbation
+found; the worst-case robust accuracy; and the checks of
+`deat_tf.sanity_checks`, each with `passed` and a message, failures also in
+`warnings`.
 
 Design choices:
 
@@ -25,209 +51,49 @@ Design choices:
   no dropout), as everywhere in `attacks.py`.
 - Accuracy under an attack comes from running the network again on the images
   the attack returns, not from the attack's own bookkeeping.
-- Each example's random start is drawn from the stateless seed
-  (seed + restart, example index) (`attacks.example_starts`), and every attack
-  loss is per example, so results do not depend on the batch size, the batch
-  order or the number of replicas: a `MirroredStrategy` run gives the
+- Each example's random draws come from the stateless seed (seed + restart,
+  example index): the starts of PGD and APGD (`attacks.example_starts`), of
+  FAB's restarts (`fab.restart_starts`) and Square's windows
+  (`square.restart_seeds`). Every attack loss is per example, so results do
+  not depend on the batch size, the batch order, the number of replicas or
+  which other examples the cascade attacks: a `MirroredStrategy` run gives the
   single-device numbers.
 - Under a strategy each attack is one `strategy.run` per global batch; the
-  per-example results of the replicas are gathered on the host by index.
+  per-example results of the replicas are gathered on the host by index. The
+  model's variables must be created under the strategy's scope
+  (`load_classifier(path, strategy)` does; `check_model_strategy`).
 """
 
-import dataclasses
-import os
 import time
 
-import keras
 import numpy as np
 import tensorflow as tf
 
-from deat_tf import apgd, attacks, checks, datasets, losses, workdir
-from deat_tf.attack_names import ATTACK_NAMES_HELP, AttackSpec, parse_attacks  # noqa: F401
+from deat_tf import apgd, attacks, checks, fab, losses, square
+from deat_tf.attack_names import (  # noqa: F401 - ATTACK_NAMES_HELP is part of this module's API
+    ATTACK_NAMES_HELP,
+    GRADIENT_METHODS,
+    ITERATIVE_METHODS,
+    AttackSpec,
+    parse_attacks,
+)
+from deat_tf.evaluation_inputs import (  # noqa: F401 - part of this module's API
+    EvaluationData,
+    check_model_outputs,
+    check_model_strategy,
+    from_arrays,
+    load_classifier,
+    load_data,
+    model_functions,
+)
+from deat_tf.reports import format_table, write_report  # noqa: F401 - part of this module's API
 from deat_tf.sanity_checks import BOUND_TOLERANCE
 from deat_tf.sanity_checks import check_report as sanity_checks
 
 OUTPUTS = ("logits", "probabilities")
-DEFAULT_ATTACKS = "clean,fgsm,pgd20,pgd100,cw20,apgd-ce,apgd-t"
+# The larger PGD budget first and FGSM last: see the presets in deat_tf.cli.
+DEFAULT_ATTACKS = "clean,pgd100,pgd20,cw20,apgd-ce,apgd-t,fgsm"
 DEFAULT_BATCH_SIZE = 256
-
-
-# --------------------------------------------------------------------------- data
-
-
-@dataclasses.dataclass
-class EvaluationData:
-    """Evaluation examples: a dataset of unbatched (image, label) pairs.
-
-    Attributes:
-        name: Where they come from (the dataset name).
-        dataset: `tf.data.Dataset` of (float32 image [height, width, channels]
-            in [0, 1], int64 label), in a fixed order.
-        size: Number of examples, or None when unknown before reading.
-        label_count: Largest label + 1 (or the dataset's class count), if known.
-    """
-
-    name: str
-    dataset: tf.data.Dataset
-    size: int | None
-    label_count: int | None = None
-
-
-def from_arrays(images, labels, name="arrays"):
-    """Wraps in-memory arrays as `EvaluationData` after checking them.
-
-    Args:
-        images: Array [n, height, width, channels] (or [n, height, width]) of
-            floats in [0, 1] or uint8.
-        labels: Integer array [n].
-        name: Label for the report.
-
-    Returns:
-        `EvaluationData`.
-
-    Raises:
-        ValueError: For shapes, dtypes or ranges that are not images and labels.
-    """
-    images, labels = checks.check_image_arrays(images, labels, name)
-    if images.dtype == np.uint8:
-        images = images.astype(np.float32) / 255.0
-    dataset = tf.data.Dataset.from_tensor_slices((images, labels))
-    return EvaluationData(name, dataset, int(images.shape[0]), int(labels.max()) + 1)
-
-
-def load_data(name, n_examples=None, data_dir=None, manual_dir=None, image_size=None):
-    """Loads the evaluation split of a dataset as `EvaluationData`.
-
-    Args:
-        name: "mnist_sample" (the embedded 2,000 test digits), "npz:PATH" (keys
-            x_test and y_test), or a TFDS name: mnist, cifar10, cifar100 (split
-            "test") or imagenet2012 (split "validation", resize 256 / centre
-            crop 224). See `datasets.evaluation_split`.
-        n_examples: Keep the first n examples (all when None).
-        data_dir: TFDS data directory.
-        manual_dir: TFDS manual directory holding the ILSVRC2012 tars.
-        image_size: Crop size for ImageNet (None: 224).
-
-    Returns:
-        `EvaluationData`.
-
-    Raises:
-        ValueError: For an unknown dataset or one that cannot be read.
-    """
-    if not name:
-        raise ValueError("dataset is required: mnist_sample, npz:PATH or a TFDS name.")
-    dataset, size, num_classes = datasets.evaluation_split(
-        name, n_examples, data_dir=data_dir, manual_dir=manual_dir, image_size=image_size
-    )
-    return EvaluationData(name, dataset, size, num_classes)
-
-
-def _first_line(error):
-    text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0][:300]
-
-
-# -------------------------------------------------------------------------- model
-
-
-def load_classifier(path, strategy=None):
-    """Loads a `.keras` classifier; for an `AdversarialModel` returns its network.
-
-    Args:
-        path: A `.keras` file written by `bin/train` (model.keras or
-            network.keras) or any Keras classifier on [0, 1] images.
-        strategy: Optional `tf.distribute.Strategy`; the model is loaded under
-            its scope so that its variables are mirrored.
-
-    Returns:
-        The Keras model to attack.
-
-    Raises:
-        ValueError: If the file is missing or is not a loadable Keras model.
-    """
-    if not path:
-        raise ValueError("model is required: a .keras file (e.g. WORKDIR/model.keras).")
-    if not os.path.isfile(path):
-        raise ValueError(f"model: no such file {path!r}.")
-    if not path.endswith(".keras"):
-        raise ValueError(f"model must be a .keras file, got {path!r}.")
-    # Imported here: adversarial_model imports the attack modules this module sits beside.
-    from deat_tf.adversarial_model import AdversarialModel
-
-    strategy = strategy or tf.distribute.get_strategy()
-    try:
-        with strategy.scope():
-            model = keras.saving.load_model(path, compile=False)
-    except Exception as error:  # noqa: BLE001 - any failure means the file is not a model
-        raise ValueError(
-            f"model: cannot load {path!r} as a Keras model: {_first_line(error)}"
-        ) from None
-    if isinstance(model, AdversarialModel):
-        return model.network
-    return model
-
-
-def _model_functions(model, outputs):
-    """Returns (raw outputs function, logits function) of the model."""
-    raw = attacks.logits_function(model)
-    if outputs == "logits":
-        return raw, raw
-
-    def log_probabilities(images):
-        probabilities = tf.cast(raw(images), tf.float32)
-        # log(0) would be -inf; the floor keeps losses finite (their gradient is
-        # then zero, which the zero-gradient check reports).
-        return tf.math.log(tf.maximum(probabilities, np.finfo(np.float32).tiny))
-
-    return raw, log_probabilities
-
-
-def check_model_outputs(model, data, outputs="logits"):
-    """Calls the model on two examples and checks it is a classifier on these images.
-
-    Args:
-        model: Keras model or callable.
-        data: `EvaluationData`.
-        outputs: "logits" or "probabilities".
-
-    Returns:
-        The number of classes.
-
-    Raises:
-        ValueError: If the model rejects the images, or its output is not
-            [batch, classes] with classes >= 2, or probabilities do not sum to 1.
-    """
-    images, labels = next(iter(data.dataset.batch(2)))
-    raw, _ = _model_functions(model, outputs)
-    try:
-        result = raw(images)
-    except Exception as error:
-        raise ValueError(
-            f"model does not accept the dataset images of shape "
-            f"{tuple(images.shape[1:])}: {_first_line(error)}"
-        ) from None
-    if isinstance(result, (list, tuple, dict)) or not hasattr(result, "shape"):
-        raise ValueError("model must return one [batch, classes] tensor, got a structure.")
-    result = np.asarray(result)
-    if result.ndim != 2 or result.shape[0] != images.shape[0] or result.shape[1] < 2:
-        raise ValueError(
-            f"model must output [batch, classes] scores (classes >= 2); for a batch of "
-            f"{images.shape[0]} it returned shape {result.shape}."
-        )
-    num_classes = int(result.shape[1])
-    if outputs == "probabilities":
-        sums = result.sum(axis=1)
-        if result.min() < -1e-6 or np.abs(sums - 1.0).max() > 1e-3:
-            raise ValueError(
-                "outputs=probabilities but the model's outputs are not probabilities "
-                f"(row sums {np.round(sums, 4).tolist()}); use outputs=logits."
-            )
-    label_count = data.label_count or int(np.max(labels)) + 1
-    if label_count > num_classes:
-        raise ValueError(
-            f"dataset has label {label_count - 1} but model has only {num_classes} outputs."
-        )
-    return num_classes
 
 
 # --------------------------------------------------------------------- evaluation
@@ -244,7 +110,12 @@ class AttackSuite:
         seed: Integer seed of the random starts.
         batch_size: Global batch size (split over the replicas).
         outputs: "logits", or "probabilities" (their log is attacked).
-        jit_compile: XLA-compile each replica's attack step.
+        jit_compile: XLA-compile each replica's attack step (not Square's, whose
+            loop shrinks to the examples it has not fooled yet).
+        cascade: Run each attack only on the examples still robust (correct on
+            the clean input and under every earlier attack), as AutoAttack
+            does; False runs every attack on every example, for per-attack
+            figures (see the module docstring).
 
     Raises:
         ValueError: For any bad setting, naming it.
@@ -260,6 +131,7 @@ class AttackSuite:
         batch_size=DEFAULT_BATCH_SIZE,
         outputs="logits",
         jit_compile=False,
+        cascade=True,
     ):
         self.epsilon = checks.check_epsilon(epsilon)
         if isinstance(attacks, str):
@@ -267,13 +139,35 @@ class AttackSuite:
         specs = [spec.with_default_step(self.epsilon) for spec in attacks]
         if not any(spec.method == "clean" for spec in specs):
             specs = [AttackSpec("clean", "clean")] + specs
-        self.specs = specs
+        # The clean pass comes first: it decides which examples the cascade attacks.
+        self.specs = sorted(specs, key=lambda spec: spec.method != "clean")
         self.seed = checks.check_count(seed, "seed", 0)
         self.batch_size = checks.check_count(batch_size, "batch_size", 1)
         self.outputs = checks.check_choice(outputs, OUTPUTS, "outputs")
         self.jit_compile = bool(jit_compile)
+        self.cascade = bool(cascade)
 
-    def run(self, model, data, strategy=None, progress=None, num_classes=None):
+    def _batches(self, data, attacked=None):
+        """(index, image, label) batches of the data, or of the examples marked in `attacked`."""
+        dataset = data.dataset.enumerate()
+        if attacked is not None:
+            keep = tf.constant(attacked)
+            dataset = dataset.filter(lambda index, pair: tf.gather(keep, index))
+        # tf.data autotuning is off: deleting an autotuned iterator at the end of a
+        # pass sometimes blocked for seconds (once 39 s), which the attack's time
+        # would include. Two batches of prefetch keep the replicas fed.
+        options = tf.data.Options()
+        options.autotune.enabled = False
+        return (
+            dataset.map(
+                lambda index, pair: (index, pair[0], pair[1]), num_parallel_calls=tf.data.AUTOTUNE
+            )
+            .batch(self.batch_size)
+            .prefetch(2)
+            .with_options(options)
+        )
+
+    def run(self, model, data, strategy=None, progress=None, num_classes=None, return_images=False):
         """Runs every attack over the data and returns the report (a JSON-ready dict).
 
         Args:
@@ -284,9 +178,13 @@ class AttackSuite:
             progress: Optional callable receiving one progress line at a time.
             num_classes: The result of `check_model_outputs` when the caller
                 already ran it; otherwise the model is checked here.
+            return_images: Also return the adversarial images: per example the
+                image of the first attack (in list order) that fooled it, the
+                clean image where none did or the clean input is misclassified.
 
         Returns:
-            The report: settings, per-attack results, robust accuracy, checks.
+            The report: settings, per-attack results, robust accuracy, checks;
+            with `return_images`, a tuple (report, float32 images [examples, ...]).
 
         Raises:
             ValueError: Before any attack, if the model is not a classifier of
@@ -297,55 +195,82 @@ class AttackSuite:
         strategy = strategy or tf.distribute.get_strategy()
         if num_classes is None:
             num_classes = check_model_outputs(model, data, self.outputs)
-        raw_fn, logits_fn = _model_functions(model, self.outputs)
+        check_model_strategy(model, strategy)
+        raw_fn, logits_fn = model_functions(model, self.outputs)
         progress = progress or (lambda line: None)
 
-        # tf.data autotuning is off: deleting an autotuned iterator at the end of a
-        # pass sometimes blocked for seconds (once 39 s), which the attack's time
-        # would include. Two batches of prefetch keep the replicas fed.
-        options = tf.data.Options()
-        options.autotune.enabled = False
-        batches = (
-            data.dataset.enumerate()
-            .map(lambda index, pair: (index, pair[0], pair[1]), num_parallel_calls=tf.data.AUTOTUNE)
-            .batch(self.batch_size)
-            .prefetch(2)
-            .with_options(options)
-        )
-        distributed = strategy.experimental_distribute_dataset(batches)
-
         results = []
-        per_example = {}
         started = time.perf_counter()
+        # Per example: correct on the clean input and under every attack so far.
+        robust = None
+        # Per attack: the examples correct on the clean input that it fooled.
+        victims = {}
+        images = None
         for position, spec in enumerate(self.specs):
             label = f"[{position + 1}/{len(self.specs)}] {spec.name}"
             if spec.method == "clean":
-                replica_fn = _clean_step(raw_fn, logits_fn, self.outputs)
+                replica_fn = _clean_step(raw_fn, logits_fn, self.outputs, return_images)
+                attacked = None
             else:
-                replica_fn = _attack_step(spec, logits_fn, self.epsilon, self.seed, num_classes)
-            if self.jit_compile:
+                replica_fn = _attack_step(
+                    spec, logits_fn, self.epsilon, self.seed, num_classes, return_images
+                )
+                attacked = robust if self.cascade else None
+            if self.jit_compile and spec.method != "square":
                 replica_fn = tf.function(replica_fn, jit_compile=True, autograph=False)
-            arrays, seconds = _run_pass(
-                strategy, distributed, replica_fn, label, data.size, progress
-            )
-            per_example[spec.name] = arrays
-            results.append(_attack_result(spec, arrays, seconds, self.epsilon, num_classes))
+            if attacked is not None and not attacked.any():
+                arrays, seconds = None, 0.0
+            else:
+                distributed = strategy.experimental_distribute_dataset(
+                    self._batches(data, attacked)
+                )
+                size = data.size if attacked is None else int(attacked.sum())
+                arrays, seconds = _run_pass(
+                    strategy, distributed, replica_fn, label, size, progress
+                )
+
+            if spec.method == "clean":
+                clean = arrays
+                examples = int(clean["correct"].shape[0])
+                robust = clean["correct"].copy()
+                if return_images:
+                    images = clean.pop("x_adv")
+                results.append(_attack_result(spec, clean, seconds, self, num_classes, examples))
+            else:
+                correct = np.zeros(examples, bool)
+                fooled = np.zeros(examples, bool)
+                if arrays is not None:
+                    correct[arrays["index"]] = arrays["correct"]
+                    fooled[arrays["index"]] = ~arrays["correct"]
+                victims[spec.name] = fooled & clean["correct"]
+                first = fooled & robust
+                if return_images and first.any():
+                    where = np.flatnonzero(first[arrays["index"]])
+                    images[arrays["index"][where]] = arrays.pop("x_adv")[where]
+                robust &= ~fooled
+                result = _attack_result(spec, arrays, seconds, self, num_classes, examples)
+                # Under the cascade an attack's accuracy is the robust accuracy so
+                # far; without it, the accuracy of this attack alone.
+                result["correct"] = int(robust.sum() if self.cascade else correct.sum())
+                result["accuracy"] = result["correct"] / examples
+                result["fooled_first"] = int(first.sum())
+                results.append(result)
             progress(
                 f"{label}: accuracy {100 * results[-1]['accuracy']:.2f}% "
-                f"({results[-1]['correct']}/{results[-1]['examples']}) in {seconds:.1f} s"
+                f"({results[-1]['correct']}/{results[-1]['examples']}"
+                + (f", {results[-1]['attacked']} attacked" if attacked is not None else "")
+                + f") in {seconds:.1f} s"
             )
 
-        clean = per_example[next(spec.name for spec in self.specs if spec.method == "clean")]
-        robust = np.ones_like(clean["correct"])
-        for arrays in per_example.values():
-            robust &= arrays["correct"]
+        self._compare_with_gradient_attacks(results, victims)
         report = {
             "epsilon": self.epsilon,
             "seed": self.seed,
             "batch_size": self.batch_size,
             "outputs": self.outputs,
             "replicas": int(strategy.num_replicas_in_sync),
-            "examples": int(robust.shape[0]),
+            "cascade": self.cascade,
+            "examples": examples,
             "num_classes": num_classes,
             "clean_accuracy": float(clean["correct"].mean()),
             "robust_accuracy": float(robust.mean()),
@@ -356,6 +281,7 @@ class AttackSuite:
             "total_gradient_evaluations": int(
                 sum(result["gradient_evaluations"] for result in results)
             ),
+            "total_queries": int(sum(result["queries"] for result in results)),
             "zero_gradient_fraction": {
                 "ce": float(clean["zero_gradient_ce"].mean()),
                 "margin": float(clean["zero_gradient_margin"].mean()),
@@ -366,7 +292,32 @@ class AttackSuite:
         report["warnings"] = [
             check["message"] for check in report["checks"] if check["passed"] is False
         ]
-        return report
+        return (report, images) if return_images else report
+
+    def _compare_with_gradient_attacks(self, results, victims):
+        """Adds to the FGSM and Square results the examples they alone fooled.
+
+        `fooled_beyond_gradient_attacks` counts the examples the attack fooled
+        that every gradient-based attack in `compared_with` left correct: all of
+        them without the cascade, those that ran before it under the cascade
+        (the later ones never saw its victims). FGSM is compared with the
+        iterative attacks only. The masking checks of `sanity_checks` read them.
+        """
+        for position, result in enumerate(results):
+            if result["method"] not in ("fgsm", "square"):
+                continue
+            methods = GRADIENT_METHODS if result["method"] == "square" else ITERATIVE_METHODS
+            candidates = results[:position] if self.cascade else results
+            compared = [
+                other["name"]
+                for other in candidates
+                if other["method"] in methods and other is not result
+            ]
+            beyond = victims[result["name"]].copy()
+            for name in compared:
+                beyond &= ~victims[name]
+            result["compared_with"] = compared
+            result["fooled_beyond_gradient_attacks"] = int(beyond.sum())
 
 
 def evaluate(
@@ -382,6 +333,7 @@ def evaluate(
     jit_compile=False,
     restarts=1,
     step_size=None,
+    cascade=True,
 ):
     """Runs every attack over the data: `AttackSuite(...).run(model, data, ...)` in one call.
 
@@ -399,17 +351,26 @@ def evaluate(
         jit_compile: XLA-compile each replica's attack step.
         restarts: Restarts of pgdN/cwN names (string names only).
         step_size: PGD/CW step (string names only; None: 2.5 * epsilon / N).
+        cascade: Attack only the examples still robust (see `AttackSuite`).
 
     Returns:
         The report: settings, per-attack results, robust accuracy, checks.
     """
     suite = AttackSuite(
-        attack_specs, epsilon, restarts, step_size, seed, batch_size, outputs, jit_compile
+        attack_specs,
+        epsilon,
+        restarts,
+        step_size,
+        seed,
+        batch_size,
+        outputs,
+        jit_compile,
+        cascade,
     )
     return suite.run(model, data, strategy, progress)
 
 
-def _clean_step(raw_fn, logits_fn, outputs):
+def _clean_step(raw_fn, logits_fn, outputs, return_images=False):
     """Per-replica clean pass: correctness plus the masking diagnostics."""
 
     def step(indices, images, labels):
@@ -430,7 +391,7 @@ def _clean_step(raw_fn, logits_fn, outputs):
             tf.reduce_all(tf.logical_and(raw >= 0.0, raw <= 1.0), axis=-1),
             tf.abs(tf.reduce_sum(raw, axis=-1) - 1.0) < 1e-3,
         )
-        return {
+        result = {
             "index": indices,
             "correct": _correct(logits, y),
             "zero_gradient_ce": zero_ce,
@@ -440,7 +401,11 @@ def _clean_step(raw_fn, logits_fn, outputs):
             "lowest": tf.reduce_min(x, axis=axes),
             "highest": tf.reduce_max(x, axis=axes),
             "fooled_by_run": tf.zeros([tf.shape(x)[0], 0], tf.bool),
+            "queries": tf.zeros([tf.shape(x)[0]], tf.int32),
         }
+        if return_images:
+            result["x_adv"] = x
+        return result
 
     return step
 
@@ -452,8 +417,34 @@ def _all_zero(gradient, x):
     return tf.reduce_all(tf.equal(gradient, 0.0), axis=list(range(1, x.shape.rank)))
 
 
-def _search(spec, logits_fn, x, y, epsilon, num_classes):
-    """The loop of an attack spec for `attacks.strongest_attack`, and its targets (or None)."""
+def _search(spec, logits_fn, x, y, epsilon, seed, indices, num_classes):
+    """What `attacks.strongest_attack` needs for an attack spec.
+
+    Returns:
+        (loop, start, targets or None, whether the loop returns a query count).
+    """
+    if spec.method == "square":
+        seeds = tf.stack(
+            [tf.fill(tf.shape(indices), tf.cast(seed, tf.int64)), tf.cast(indices, tf.int64)],
+            axis=1,
+        )
+
+        def loop(restart_seeds, _):
+            return square.square_loop(logits_fn, x, y, epsilon, spec.steps, restart_seeds)
+
+        return loop, square.restart_seeds(seeds), None, True
+
+    targets = None
+    if spec.targets(num_classes):
+        targets = losses.top_wrong_classes(logits_fn(x), y, spec.targets(num_classes))
+    if spec.method in ("fab", "fab-t"):
+
+        def loop(x_start, target_labels):
+            return fab.fab_loop(logits_fn, x, y, target_labels, epsilon, spec.steps, x_start)
+
+        return loop, fab.restart_starts(x, epsilon, seed, indices), targets, False
+
+    start = attacks.example_starts(x, epsilon, seed, indices)
     if spec.method == "pgd":
 
         def loop(x_start, _):
@@ -461,42 +452,48 @@ def _search(spec, logits_fn, x, y, epsilon, num_classes):
                 logits_fn, x, y, x_start, epsilon, spec.step_size, spec.steps, spec.loss
             )
 
-        return loop, None
+        return loop, start, None, False
 
     def loop(x_start, target_labels):
         return apgd.apgd_loop(
             logits_fn, x, y, x_start, epsilon, spec.steps, spec.loss, target_labels
         )
 
-    if spec.method == "apgd-t":
-        count = min(spec.target_classes, num_classes - 1)
-        return loop, losses.top_wrong_classes(logits_fn(x), y, count)
-    return loop, None
+    return loop, start, targets, False
 
 
-def _attack_step(spec, logits_fn, epsilon, seed, num_classes):
+def _attack_step(spec, logits_fn, epsilon, seed, num_classes, return_images=False):
     """Per-replica step of one attack: adversarial images and what they achieve."""
 
     def step(indices, images, labels):
         x = tf.cast(images, tf.float32)
         y = tf.cast(labels, tf.int32)
+        queries = tf.zeros([tf.shape(x)[0]], tf.int32)
         if spec.method == "fgsm":
             x_adv = attacks.fgsm(logits_fn, x, y, epsilon, spec.step_size, spec.loss)
             history = attacks.misclassified(logits_fn(x_adv), y)[None]
         else:
-            loop, targets = _search(spec, logits_fn, x, y, epsilon, num_classes)
-            start = attacks.example_starts(x, epsilon, seed, indices)
-            x_adv, _, _, history = attacks.strongest_attack(loop, start, x, spec.restarts, targets)
+            loop, start, targets, counts = _search(
+                spec, logits_fn, x, y, epsilon, seed, indices, num_classes
+            )
+            outcome = attacks.strongest_attack(loop, start, x, spec.restarts, targets, counts)
+            x_adv, history = outcome[0], outcome[3]
+            if counts:
+                queries = outcome[4]
         x_adv = tf.stop_gradient(x_adv)
         axes = list(range(1, x.shape.rank))
-        return {
+        result = {
             "index": indices,
             "correct": _correct(logits_fn(x_adv), y),
             "deviation": tf.reduce_max(tf.abs(x_adv - x), axis=axes),
             "lowest": tf.reduce_min(x_adv, axis=axes),
             "highest": tf.reduce_max(x_adv, axis=axes),
             "fooled_by_run": tf.transpose(history),
+            "queries": queries,
         }
+        if return_images:
+            result["x_adv"] = x_adv
+        return result
 
     return step
 
@@ -528,7 +525,7 @@ def _run_pass(strategy, distributed, replica_fn, label, size, progress):
             correct = np.concatenate(collected["correct"]).mean()
             total = f"/{size}" if size else ""
             progress(
-                f"{label}: {done}{total} examples, accuracy so far {100 * correct:.2f}%, "
+                f"{label}: {done}{total} examples, {100 * correct:.2f}% of them still correct, "
                 f"{now - started:.1f} s"
             )
             last_report = now
@@ -536,19 +533,27 @@ def _run_pass(strategy, distributed, replica_fn, label, size, progress):
     if not collected:
         raise ValueError("dataset yielded no examples.")
     arrays = {key: np.concatenate(parts) for key, parts in collected.items()}
-    order = np.argsort(arrays.pop("index"), kind="stable")
+    order = np.argsort(arrays["index"], kind="stable")
     return {key: value[order] for key, value in arrays.items()}, seconds
 
 
-def _attack_result(spec, arrays, seconds, epsilon, num_classes):
-    examples = int(arrays["correct"].shape[0])
-    fooled = arrays["fooled_by_run"]
-    mismatches = int(np.sum(fooled.any(axis=1) & arrays["correct"])) if fooled.shape[1] else 0
-    # Accuracy after the first i + 1 runs, from the attack's own bookkeeping.
-    by_run = (~np.logical_or.accumulate(fooled, axis=1)).mean(axis=0) if fooled.shape[1] else []
+def _attack_result(spec, arrays, seconds, suite, num_classes, examples):
+    """One attack's entry of the report, from its per-example arrays (None: nothing attacked)."""
+    attacked = 0 if arrays is None else int(arrays["index"].shape[0])
+    if arrays is None:
+        fooled = np.zeros((0, spec.runs(num_classes)), bool)
+        mismatches, max_deviation, lowest, highest, queries = 0, 0.0, 0.0, 1.0, 0
+    else:
+        fooled = arrays["fooled_by_run"]
+        mismatches = int(np.sum(fooled.any(axis=1) & arrays["correct"])) if fooled.shape[1] else 0
+        max_deviation = float(arrays["deviation"].max())
+        lowest, highest = float(arrays["lowest"].min()), float(arrays["highest"].max())
+        queries = int(arrays["queries"].sum())
+    # Accuracy after the first i + 1 runs, from the attack's own bookkeeping; the
+    # examples not attacked (under the cascade) were fooled before.
+    survivors = (~np.logical_or.accumulate(fooled, axis=1)).sum(axis=0) if fooled.shape[1] else []
     per_example = spec.gradient_evaluations(num_classes)
-    max_deviation = float(arrays["deviation"].max())
-    lowest, highest = float(arrays["lowest"].min()), float(arrays["highest"].max())
+    epsilon = suite.epsilon
     return {
         "name": spec.name,
         "method": spec.method,
@@ -557,17 +562,18 @@ def _attack_result(spec, arrays, seconds, epsilon, num_classes):
         "restarts": spec.restarts,
         "runs": spec.runs(num_classes),
         "step_size": spec.step_size,
-        "target_classes": (
-            min(spec.target_classes, num_classes - 1) if spec.method == "apgd-t" else 0
-        ),
-        "accuracy": float(arrays["correct"].mean()),
-        "correct": int(arrays["correct"].sum()),
+        "target_classes": spec.targets(num_classes),
+        "accuracy": float(arrays["correct"].mean()) if arrays is not None else 0.0,
+        "correct": int(arrays["correct"].sum()) if arrays is not None else 0,
         "examples": examples,
-        "accuracy_by_run": [float(value) for value in by_run],
+        "attacked": attacked,
+        "accuracy_by_run": [float(count) / examples for count in survivors],
         "reevaluation_mismatches": mismatches,
         "seconds": round(seconds, 3),
         "gradient_evaluations_per_example": per_example,
-        "gradient_evaluations": per_example * examples,
+        "gradient_evaluations": per_example * attacked,
+        "queries_per_example": spec.queries(),
+        "queries": queries,
         "max_perturbation": max_deviation,
         "min_pixel": lowest,
         "max_pixel": highest,
@@ -579,87 +585,12 @@ def _attack_result(spec, arrays, seconds, epsilon, num_classes):
     }
 
 
-def format_table(report):
-    """The report as a text table: one row per attack, then robust accuracy and checks."""
-    header = ("attack", "loss", "steps x runs", "step", "accuracy", "grads/ex", "seconds")
-    rows = []
-    for result in report["attacks"]:
-        if result["method"] == "clean":
-            budget, step = "-", "-"
-        elif result["method"] == "fgsm":
-            budget, step = "1", f"{result['step_size']:.4g}"
-        else:
-            budget = f"{result['steps']} x {result['runs']}"
-            if result["method"] == "apgd-t":
-                budget += f" ({result['target_classes']} targets)"
-            step = "adaptive" if result["step_size"] is None else f"{result['step_size']:.4g}"
-        rows.append(
-            (
-                result["name"],
-                result["loss"] or "-",
-                budget,
-                step,
-                f"{100 * result['accuracy']:.2f}%",
-                str(result["gradient_evaluations_per_example"]),
-                f"{result['seconds']:.1f}",
-            )
-        )
-    total_gradients = sum(
-        result["gradient_evaluations_per_example"] for result in report["attacks"]
-    )
-    rows.append(
-        (
-            "robust (all)",
-            "",
-            "",
-            "",
-            f"{100 * report['robust_accuracy']:.2f}%",
-            str(total_gradients),
-            f"{report['total_seconds']:.1f}",
-        )
-    )
-    widths = [max(len(row[column]) for row in rows + [header]) for column in range(len(header))]
-
-    def line(row):
-        cells = [
-            cell.ljust(width) if column < 4 else cell.rjust(width)
-            for column, (cell, width) in enumerate(zip(row, widths))
-        ]
-        return "  ".join(cells).rstrip()
-
-    lines = [
-        f"epsilon={report['epsilon']:.6g}  examples={report['examples']}  seed={report['seed']}"
-        f"  replicas={report['replicas']}",
-        line(header),
-        "  ".join("-" * width for width in widths),
-    ]
-    lines += [line(row) for row in rows[:-1]]
-    lines.append("  ".join("-" * width for width in widths))
-    lines.append(line(rows[-1]))
-    failed = [check for check in report["checks"] if check["passed"] is False]
-    passed = sum(check["passed"] is True for check in report["checks"])
-    skipped = sum(check["passed"] is None for check in report["checks"])
-    summary = f"sanity checks: {passed} passed, {len(failed)} flagged"
-    lines.append(summary + (f", {skipped} skipped" if skipped else ""))
-    lines += [f"WARNING {check['name']}: {check['message']}" for check in failed]
-    return "\n".join(lines)
-
-
-def write_report(report, path):
-    """Writes the report as JSON atomically: a temporary file, then a rename.
-
-    Args:
-        report: The dict from `AttackSuite.run` or `evaluate`.
-        path: Destination file; its directory must exist.
-    """
-    workdir.write_json(path, report)
-
-
 __all__ = [
     "AttackSpec",
     "AttackSuite",
     "EvaluationData",
     "check_model_outputs",
+    "check_model_strategy",
     "evaluate",
     "format_table",
     "from_arrays",

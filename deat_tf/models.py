@@ -68,13 +68,26 @@ def find_input_std(network):
     Returns:
         A tuple of floats, or None when the network has no `Standardize` layer.
     """
-    for layer in getattr(network, "layers", ()):
+    for layer in all_layers(network):
         if isinstance(layer, Standardize):
             return layer.std
-        found = find_input_std(layer)
-        if found is not None:
-            return found
     return None
+
+
+def all_layers(network):
+    """The network's layers, those nested in sub-models included, depth first."""
+    for layer in getattr(network, "layers", ()):
+        yield layer
+        yield from all_layers(layer)
+
+
+def synchronized_batch_norm_layers(network):
+    """Names of the network's BatchNormalization layers with synchronized=True, nested included."""
+    return [
+        layer.name
+        for layer in all_layers(network)
+        if isinstance(layer, layers.BatchNormalization) and layer.synchronized
+    ]
 
 
 def mnist_cnn(input_shape=(28, 28, 1), num_classes=10, name="mnist_cnn"):
@@ -96,8 +109,14 @@ def mnist_cnn(input_shape=(28, 28, 1), num_classes=10, name="mnist_cnn"):
     hidden = layers.Conv2D(32, 4, strides=2, padding="same", activation="relu")(hidden)
     hidden = layers.Flatten()(hidden)
     hidden = layers.Dense(100, activation="relu")(hidden)
-    outputs = layers.Dense(num_classes, name="logits")(hidden)
+    outputs = _logits(num_classes)(hidden)
     return keras.Model(inputs, outputs, name=name)
+
+
+def _logits(num_classes):
+    # Logits in float32 under a mixed precision policy: the losses and the attack
+    # objectives compare them to tenths of a percent, below bfloat16's resolution.
+    return layers.Dense(num_classes, name="logits", dtype="float32")
 
 
 def _batch_norm(name):
@@ -179,7 +198,7 @@ def _preact_network(input_shape, num_classes, mean, std, stem_filters, stages, b
             )
     hidden = layers.ReLU(name="final_relu")(_batch_norm("final_bn")(hidden))
     hidden = layers.GlobalAveragePooling2D(name="pool")(hidden)
-    outputs = layers.Dense(num_classes, name="logits")(hidden)
+    outputs = _logits(num_classes)(hidden)
     return keras.Model(inputs, outputs, name=name)
 
 
@@ -309,7 +328,7 @@ def resnet50(
                 name=f"stage{stage + 1}_block{block + 1}",
             )
     hidden = layers.GlobalAveragePooling2D(name="pool")(hidden)
-    outputs = layers.Dense(num_classes, name="logits")(hidden)
+    outputs = _logits(num_classes)(hidden)
     return keras.Model(inputs, outputs, name=name)
 
 

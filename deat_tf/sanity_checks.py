@@ -1,15 +1,34 @@
 """The checks that flag a suspicious robustness evaluation (they flag, they never stop it).
 
-- every attack's accuracy and the robust accuracy are <= the clean accuracy;
+- every attack's accuracy and the robust accuracy are <= the clean accuracy,
+  and the robust accuracy is <= every attack's accuracy;
 - accuracy does not rise when the same attack gets more steps or restarts
-  (by more than 0.5 points when the step size differs too);
+  (by more than 0.5 points when the runs are not a replay of each other);
 - every adversarial image is inside the epsilon-ball around x and in [0, 1];
 - an example an attack fooled stays fooled when its image is evaluated again
   (a randomized model breaks this, and needs an EOT attack);
 - few clean inputs have an input gradient that is exactly zero (masking);
 - no iterative attack leaves more examples correct than FGSM (masking);
+- Square, which reads only the logits, fools few examples that every
+  gradient-based attack left correct (masking);
 - with outputs="logits", the outputs do not look like probabilities.
+
+Under the cascade (`report["cascade"]`, the default of `AttackSuite`) each
+attack runs only on the examples every earlier attack left robust, and its
+accuracy is the robust accuracy after it, so three checks compare differently:
+
+- `monotone_in_budget` can only compare a larger budget listed before a
+  smaller one: the smaller one then runs on the larger one's survivors and
+  must fool (almost) none of them. A smaller budget listed first is not
+  comparable (the larger never sees its victims).
+- `stronger_than_fgsm` needs FGSM listed after the iterative attacks: it then
+  runs on their survivors and must fool (almost) none of them. Listed first,
+  it is skipped.
+- `square_adds_little` compares Square with the gradient-based attacks listed
+  before it (AutoAttack's order); without the cascade, with all of them.
 """
+
+from deat_tf.attack_names import ITERATIVE_METHODS
 
 # An example counts as masked when its whole input gradient is exactly zero;
 # more than this fraction of such examples is flagged.
@@ -18,6 +37,13 @@ ZERO_GRADIENT_LIMIT = 0.01
 MONOTONE_TOLERANCE = 0.005
 # Projections compute x +- epsilon in float32; allow its rounding.
 BOUND_TOLERANCE = 1e-6
+# Square (or FGSM after the iterative attacks) may fool this fraction of the
+# examples, and at least one, that the gradient-based attacks left correct,
+# before the evaluation is flagged as masked: such searches differ and find a
+# few examples the others miss even on a model without masking.
+MASKING_TOLERANCE = 0.005
+# Methods whose runs with more steps replay those with fewer (same seeds, same step).
+_REPLAYING_METHODS = ("pgd",)
 
 
 def check_report(report, attack_specs):
@@ -48,34 +74,24 @@ def check_report(report, attack_specs):
         )
     )
 
-    rising, compared = [], 0
-    for weaker in attack_specs:
-        for stronger in attack_specs:
-            if (
-                weaker is stronger
-                or weaker.method in ("clean", "fgsm")
-                or weaker.budget_key() != stronger.budget_key()
-                or stronger.steps < weaker.steps
-                or stronger.restarts < weaker.restarts
-            ):
-                continue
-            compared += 1
-            # With one step size the larger budget replays the smaller one's
-            # iterates (same seeds), so any rise is a bug; across step sizes
-            # allow sampling noise.
-            tolerance = 0.0 if stronger.step_size == weaker.step_size else MONOTONE_TOLERANCE
-            if results[stronger.name]["accuracy"] > results[weaker.name]["accuracy"] + tolerance:
-                rising.append(
-                    f"{stronger.name} {100 * results[stronger.name]['accuracy']:.2f}% > "
-                    f"{weaker.name} {100 * results[weaker.name]['accuracy']:.2f}%"
-                )
-    if rising:
-        message = "accuracy rose with more steps or restarts: " + "; ".join(rising)
-    elif compared:
-        message = f"no accuracy rise with more steps or restarts ({compared} pairs compared)"
-    else:
-        message = "skipped: no two attacks differ only in budget (see accuracy_by_run for restarts)"
-    checks.append(_check("monotone_in_budget", not rising if compared else None, message))
+    above_robust = [
+        name for name, result in results.items() if result["accuracy"] < report["robust_accuracy"]
+    ]
+    checks.append(
+        _check(
+            "robust_at_most_each_attack",
+            not above_robust,
+            f"robust accuracy {100 * report['robust_accuracy']:.2f}% above the accuracy under: "
+            + ", ".join(above_robust)
+            if above_robust
+            else "the robust accuracy is <= every attack's accuracy",
+        )
+    )
+
+    checks.append(_monotone_in_budget(report, results, attack_specs))
+    cascade = report.get("cascade", False)
+    examples = report.get("examples", 0)
+    allowed = max(1, int(MASKING_TOLERANCE * examples))
 
     # The attack's own bookkeeping must agree with a fresh evaluation of the
     # images it returns; if not, the model's outputs change from call to call
@@ -125,12 +141,18 @@ def check_report(report, attack_specs):
     )
 
     fgsm = [result for result in results.values() if result["method"] == "fgsm"]
-    if fgsm:
+    if not fgsm:
+        checks.append(_check("stronger_than_fgsm", None, "skipped: fgsm was not run"))
+    elif cascade:
+        checks.append(
+            _later_attack_check("stronger_than_fgsm", fgsm[0], examples, allowed, cascade)
+        )
+    else:
         fgsm_accuracy = fgsm[0]["accuracy"]
         weaker_than_fgsm = [
             f"{name} {100 * result['accuracy']:.2f}%"
             for name, result in results.items()
-            if result["method"] in ("pgd", "apgd", "apgd-t") and result["accuracy"] > fgsm_accuracy
+            if result["method"] in ITERATIVE_METHODS and result["accuracy"] > fgsm_accuracy
         ]
         checks.append(
             _check(
@@ -144,8 +166,18 @@ def check_report(report, attack_specs):
                 else "every iterative attack is at least as strong as FGSM",
             )
         )
+
+    squares = [result for result in results.values() if result["method"] == "square"]
+    if not squares:
+        checks.append(_check("square_adds_little", None, "skipped: square was not run"))
     else:
-        checks.append(_check("stronger_than_fgsm", None, "skipped: fgsm was not run"))
+        flagged = [
+            _later_attack_check("square_adds_little", result, examples, allowed, cascade)
+            for result in squares
+        ]
+        failed = [check for check in flagged if check["passed"] is False]
+        ran = [check for check in flagged if check["passed"] is not None]
+        checks.append(failed[0] if failed else ran[0] if ran else flagged[0])
 
     if report["outputs"] == "logits":
         looks = report["outputs_look_like_probabilities"]
@@ -160,6 +192,88 @@ def check_report(report, attack_specs):
             )
         )
     return checks
+
+
+def _monotone_in_budget(report, results, attack_specs):
+    """More steps or restarts of the same attack must not leave more examples robust."""
+    cascade = report.get("cascade", False)
+    examples = report.get("examples", 0)
+    order = [spec.name for spec in attack_specs]
+    rising, compared, not_comparable = [], 0, 0
+    for weaker in attack_specs:
+        for stronger in attack_specs:
+            if (
+                weaker is stronger
+                or weaker.method in ("clean", "fgsm")
+                or weaker.budget_key() != stronger.budget_key()
+                or stronger.steps < weaker.steps
+                or stronger.restarts < weaker.restarts
+            ):
+                continue
+            # Same steps (more restarts), or PGD with one step size: the larger
+            # budget replays the smaller one's runs (same seeds), so any rise is
+            # a bug. Otherwise the runs differ (APGD's checkpoints and Square's
+            # schedule scale with the budget): allow sampling noise.
+            replays = stronger.steps == weaker.steps or (
+                weaker.method in _REPLAYING_METHODS and stronger.step_size == weaker.step_size
+            )
+            tolerance = 0.0 if replays else MONOTONE_TOLERANCE
+            weaker_result, stronger_result = results[weaker.name], results[stronger.name]
+            if not cascade:
+                compared += 1
+                if stronger_result["accuracy"] > weaker_result["accuracy"] + tolerance:
+                    rising.append(
+                        f"{stronger.name} {100 * stronger_result['accuracy']:.2f}% > "
+                        f"{weaker.name} {100 * weaker_result['accuracy']:.2f}%"
+                    )
+            elif order.index(stronger.name) < order.index(weaker.name):
+                compared += 1
+                found = weaker_result.get("fooled_first", 0)
+                if found > tolerance * examples:
+                    rising.append(
+                        f"{weaker.name} fooled {found} examples that {stronger.name} "
+                        "(listed before it) left robust"
+                    )
+            else:
+                not_comparable += 1
+    if rising:
+        message = "accuracy rose with more steps or restarts: " + "; ".join(rising)
+    elif compared:
+        message = f"no accuracy rise with more steps or restarts ({compared} pairs compared)"
+    elif not_comparable:
+        message = (
+            "skipped: under the cascade a smaller budget listed before a larger one cannot be "
+            "compared with it (list the larger first, or run without the cascade)"
+        )
+    else:
+        message = "skipped: no two attacks differ only in budget (see accuracy_by_run for restarts)"
+    return _check("monotone_in_budget", not rising if compared else None, message)
+
+
+def _later_attack_check(name, result, examples, allowed, cascade):
+    """Flags FGSM or Square fooling examples that the gradient-based attacks left correct."""
+    compared = result.get("compared_with", [])
+    attack = result["name"]
+    if not compared:
+        return _check(
+            name,
+            None,
+            f"skipped: {attack} ran before every gradient-based attack under the cascade "
+            "(list it after them, or run without the cascade)"
+            if cascade
+            else f"skipped: no gradient-based attack to compare {attack} with",
+        )
+    found = result.get("fooled_beyond_gradient_attacks", 0)
+    share = 100 * found / max(examples, 1)
+    return _check(
+        name,
+        found <= allowed,
+        f"{attack} fooled {found} examples ({share:.2f}%) that {', '.join(compared)} left "
+        f"correct (tolerance {allowed}): a sign of gradient masking"
+        if found > allowed
+        else f"{attack} fooled {found} examples that {', '.join(compared)} left correct "
+        f"(tolerance {allowed})",
+    )
 
 
 def _check(name, passed, message):

@@ -57,6 +57,7 @@ from deat_tf.schedulers import AccuracyScheduler, MagnitudeScheduler, PeriodicSc
 
 SCHEDULERS = ("magnitude", "periodic", "accuracy", "none")
 OPTIMIZERS = ("sgd", "adam")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
 
 def make_scheduler(config):
@@ -290,14 +291,21 @@ def build_model(config, input_spec, steps_per_epoch):
         ValueError: For a bad setting, naming it.
     """
     keras.utils.set_random_seed(config.seed)
-    network = models.get_model(
-        config.model,
-        input_spec.image_shape,
-        input_spec.num_classes,
-        input_spec.mean,
-        input_spec.std,
-        width=config.model_width,
-    )
+    checks.check_choice(config.precision, PRECISIONS, "precision")
+    previous_policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(config.precision)
+    try:
+        network = models.get_model(
+            config.model,
+            input_spec.image_shape,
+            input_spec.num_classes,
+            input_spec.mean,
+            input_spec.std,
+            width=config.model_width,
+        )
+    finally:
+        # The policy belongs to this network; it must not leak into later models.
+        keras.config.set_dtype_policy(previous_policy)
     model = AdversarialModel(
         network,
         method=config.method,
@@ -374,6 +382,7 @@ def _run_facts(run):
             f"PGD-{config.validation_attack_steps}" if config.validation_attack_steps else "none"
         ),
         "jit_compile": bool(config.jit_compile),
+        "precision": config.precision,
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
     }

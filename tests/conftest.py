@@ -50,8 +50,10 @@ def clean_mnist_network(mnist_sample):
 
 @pytest.fixture
 def two_replica_strategy():
-    """MirroredStrategy over the two logical CPUs made above."""
-    return tf.distribute.MirroredStrategy(["CPU:0", "CPU:1"])
+    """MirroredStrategy over the two logical CPUs made above (see `distribute.make_strategy`)."""
+    from deat_tf import distribute
+
+    return distribute.mirrored_strategy(["CPU:0", "CPU:1"])
 
 
 @pytest.fixture

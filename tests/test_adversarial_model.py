@@ -444,6 +444,48 @@ def test_validation_reports_clean_and_robust_accuracy():
     assert results["robust_accuracy"] <= results["accuracy"]
 
 
+def validation_model(strategy=None):
+    """A model whose validation attack is one tiny step: its result is the random start."""
+    strategy = strategy or tf.distribute.get_strategy()
+    with strategy.scope():
+        return make_model(
+            "deat", epsilon=0.5, validation_attack_steps=1, validation_step_size=1e-6, seed=3
+        )
+
+
+def test_validation_noise_differs_between_batches_and_repeats_each_pass(two_replica_strategy):
+    model = validation_model()
+    x, _ = toy_data(1, batch_size=20)
+    labels = np.asarray(model.network(x)).argmax(axis=1)
+    # Drawn per batch of the pass from (seed, batch): batches differ, a batch repeats.
+    images = tf.constant(x)
+    first, second = (model._validation_start(images, batch).numpy() for batch in (0, 1))
+    assert not np.allclose(first, second)
+    np.testing.assert_array_equal(model._validation_start(images, 0).numpy(), first)
+    assert np.abs(first - x).max() <= 0.5 + 1e-6 and first.min() >= 0.0 and first.max() <= 1.0
+
+    def robust(images, labels, batch_size=20):
+        results = model.evaluate(images, labels, batch_size=batch_size, verbose=0, return_dict=True)
+        return results["robust_accuracy"]
+
+    alone = robust(x, labels)
+    assert 0.0 < alone < 1.0  # the noise decides some examples
+    # Five copies of the same batch: with one noise tensor for every batch (the old
+    # behaviour) each copy would score as the first one.
+    copies = (np.concatenate([x] * 5), np.concatenate([labels] * 5))
+    repeated = robust(*copies)
+    assert repeated != alone
+    # Every pass starts again from batch 0: the same weights give the same validation.
+    assert robust(*copies) == repeated and robust(x, labels) == alone
+    history = model.fit(x, labels, epochs=1, batch_size=20, validation_data=copies, verbose=0)
+    assert history.history["val_robust_accuracy"][-1] == robust(*copies)
+    # Two replicas draw the global batch's noise and keep their slices: the same numbers.
+    mirrored = validation_model(two_replica_strategy)
+    mirrored.set_weights(model.get_weights())
+    mirrored_results = mirrored.evaluate(*copies, batch_size=20, verbose=0, return_dict=True)
+    assert mirrored_results["robust_accuracy"] == pytest.approx(robust(*copies))
+
+
 def test_save_and_load_keeps_configuration_weights_and_optimizer(tmp_path):
     x, y = toy_data(2)
     model = make_model(

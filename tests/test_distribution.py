@@ -49,6 +49,7 @@ def batch_norm_network(synchronized=False):
 
 
 def train(strategy, method, mnist_sample, carry=False, network="cnn"):
+    batch_norm = network != "cnn"
     with strategy.scope():
         keras.utils.set_random_seed(1)
         options = {}
@@ -56,16 +57,16 @@ def train(strategy, method, mnist_sample, carry=False, network="cnn"):
             # TRADES starts 0.001 from x, where the KL gradient is so small that its
             # sign is float rounding: a wider start keeps the comparison meaningful.
             options["initialization_scale"] = 0.05
-        if network == "cnn":
-            network = models.mnist_cnn()
-        else:
-            network = batch_norm_network(synchronized=network == "synchronized_batch_norm")
+        if batch_norm:
+            classifier = batch_norm_network(synchronized=network == "synchronized_batch_norm")
             # Each replica normalises its own half batch. Global batches made of
             # one half twice, from a zero start, give one device the same batch
             # statistics as each replica, so the two runs must still agree.
             options["initialization"] = "zero"
+        else:
+            classifier = models.mnist_cnn()
         model = deat_tf.AdversarialModel(
-            network,
+            classifier,
             method=method,
             epsilon=0.3,
             carry_perturbation=carry,
@@ -73,19 +74,19 @@ def train(strategy, method, mnist_sample, carry=False, network="cnn"):
             **options,
         )
         # BatchNorm nets at a large rate amplify rounding from update to update.
-        learning_rate = 0.05 if network == "cnn" else 0.01
+        learning_rate = 0.01 if batch_norm else 0.05
         model.compile(optimizer=keras.optimizers.SGD(learning_rate, momentum=0.9))
     images, labels = mnist_sample["x_train"][:192], mnist_sample["y_train"][:192]
-    if "initialization" in options:
+    if batch_norm:
         halves = [slice(32 * index, 32 * (index + 1)) for index in range(6)]
         images = np.concatenate([np.concatenate([images[half]] * 2) for half in halves])
         labels = np.concatenate([np.concatenate([labels[half]] * 2) for half in halves])
     dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(64)
     # The rule raises the count after epoch 0, so epoch 1 runs with the new count.
-    # With BatchNorm the count stays at its start (r = 1, K = 0): a signed step on
-    # gradients that BatchNorm's centring leaves near zero follows float rounding,
-    # which differs between one device and two.
-    max_steps = 4 if network == "cnn" else 1
+    # With BatchNorm the count stays at its start (r = 1, K = 0 then 1): a signed
+    # step on gradients that BatchNorm's centring leaves near zero follows float
+    # rounding, which differs between one device and two.
+    max_steps = 1 if batch_norm else 4
     scheduler = deat_tf.MagnitudeScheduler(gamma=0.5, max_steps=max_steps, verbose=0)
     history = model.fit(dataset, epochs=2, callbacks=[scheduler], verbose=0)
     return history.history, model

@@ -74,11 +74,13 @@ def test_cli_evaluates_a_trained_model_and_writes_the_report(workdir):
     assert report["robust_over"] == list(results)
     assert {check["name"] for check in report["checks"]} == {
         "robust_at_most_clean",
+        "robust_at_most_each_attack",
         "monotone_in_budget",
         "reevaluation_agrees",
         "within_bounds",
         "zero_gradients",
         "stronger_than_fgsm",
+        "square_adds_little",
         "outputs_are_logits",
     }
     assert not [check for check in report["checks"] if check["passed"] is False], report["checks"]
@@ -88,6 +90,67 @@ def test_cli_evaluates_a_trained_model_and_writes_the_report(workdir):
     assert f"{100 * report['robust_accuracy']:.2f}%" in completed.stdout
     for name in results:
         assert f"] {name}: accuracy" in completed.stderr
+
+
+def test_autoattack_runs_the_standard_list_on_the_examples_still_robust(workdir):
+    # At epsilon 0.3 APGD-CE fools (almost) every digit of this weak model, so the later
+    # attacks, with AutoAttack's full budgets, cost (almost) nothing: the cascade at work.
+    # test_nocascade_attacks_every_example runs FAB-T and Square themselves.
+    stdout, stderr = io.StringIO(), io.StringIO()
+    report = cli.run_evaluate(
+        [
+            f"--model={workdir / 'network.keras'}",
+            "--dataset=mnist_sample",
+            "--epsilon=0.3",
+            "--attacks=autoattack",
+            "--n_examples=30",
+        ],
+        stdout=stdout,
+        stderr=stderr,
+    )
+    results = {result["name"]: result for result in report["attacks"]}
+    assert list(results) == ["clean", "apgd-ce", "apgd-t", "fab-t", "square"]
+    assert report["cascade"] and report["robust_over"] == list(results)
+    assert (results["apgd-t"]["runs"], results["fab-t"]["runs"]) == (9, 9)
+    assert results["square"]["steps"] == 5000 and results["square"]["gradient_evaluations"] == 0
+    names = list(results)
+    for previous, name in zip(names, names[1:]):
+        # Each attack ran on the examples the ones above it left robust.
+        assert results[name]["attacked"] == results[previous]["correct"], name
+        assert (
+            report["robust_accuracy"] <= results[name]["accuracy"] <= results[previous]["accuracy"]
+        )
+        assert results[name]["within_bounds"]
+        assert f"] {name}: accuracy" in stderr.getvalue()
+    assert results["square"]["accuracy"] == report["robust_accuracy"]
+    assert report["total_gradient_evaluations"] == sum(
+        result["gradient_evaluations_per_example"] * result["attacked"]
+        for result in results.values()
+    )
+    table = stdout.getvalue()
+    assert "cascade=on" in table and "5000 queries x 1" in table and "100 x 9 (9 targets)" in table
+    assert "gradients" in table and "queries" in table and "seconds" in table
+
+
+def test_nocascade_attacks_every_example(workdir):
+    report = cli.run_evaluate(
+        [
+            f"--model={workdir / 'network.keras'}",
+            "--dataset=mnist_sample",
+            "--epsilon=0.1",
+            "--attacks=clean,apgd-ce3,fab-t2,square20",
+            "--n_examples=20",
+            "--nocascade",
+        ],
+        stdout=io.StringIO(),
+        stderr=io.StringIO(),
+    )
+    assert not report["cascade"]
+    for result in report["attacks"]:
+        assert result["attacked"] == 20, result["name"]
+    square = report["attacks"][-1]
+    assert 0 < square["queries"] <= 20 * 20
+    assert square["compared_with"] == ["apgd-ce3", "fab-t2"]
 
 
 def test_network_file_gives_the_same_numbers_as_the_model_file(workdir):
@@ -146,6 +209,9 @@ def test_installed_command_bad_input_is_one_line_and_exit_status_1(workdir):
         (["--epsilon=1.5"], "epsilon must be in [0, 1]"),
         (["--epsilon=-0.1"], "epsilon must be in [0, 1]"),
         (["--attacks=pgd20,pgd"], "attacks: 'pgd' needs a step count"),
+        (["--attacks=autoattack,fab-q"], "attacks: unknown attack 'fab-q'; allowed: "),
+        (["--attacks=autoattack,square"], "attacks lists 'square' twice"),
+        (["--attacks=square0"], "steps and restarts of 'square0' must be >= 1"),
         (["--n_examples=0"], "n_examples must be an integer >= 1"),
         (["--batch_size=0"], "batch_size must be an integer >= 1"),
         (["--restarts=0"], "restarts must be an integer >= 1"),

@@ -1,4 +1,4 @@
-"""Evaluation API: attack names, data, models, the report, sanity checks, strategy invariance."""
+"""Evaluation API: attack names, data, models, the report, the cascade, checks, strategies."""
 
 import json
 import os
@@ -10,7 +10,7 @@ import tensorflow as tf
 from keras import layers
 
 import deat_tf
-from deat_tf import attacks, evaluation, models
+from deat_tf import attacks, distribute, evaluation, models
 
 EPSILON = 0.1
 ATTACKS = "clean,fgsm,pgd3,pgd6x2,cw3,apgd-ce4,apgd-t3"
@@ -25,8 +25,11 @@ def digits(mnist_sample):
 
 @pytest.fixture(scope="module")
 def report(clean_mnist_network, digits):
+    # Without the cascade: every attack on every example, the per-attack figures.
     specs = evaluation.parse_attacks(ATTACKS, EPSILON)
-    return evaluation.evaluate(clean_mnist_network, digits, specs, EPSILON, batch_size=64)
+    return evaluation.evaluate(
+        clean_mnist_network, digits, specs, EPSILON, batch_size=64, cascade=False
+    )
 
 
 def results_by_name(report):
@@ -57,6 +60,32 @@ def test_attack_names_resolve_to_specs():
     assert explicit[1].step_size == 0.01
 
 
+def test_fab_square_and_autoattack_names_resolve():
+    specs = evaluation.parse_attacks("fab-t,fab-t50x2,fab20x5,square,square1000x2", 0.3)
+    by_name = {spec.name: spec for spec in specs}
+    fab_t = by_name["fab-t"]
+    assert (fab_t.method, fab_t.steps, fab_t.restarts, fab_t.target_classes) == ("fab-t", 100, 1, 9)
+    assert fab_t.gradient_evaluations(num_classes=10) == 900
+    assert by_name["fab-t50x2"].gradient_evaluations(num_classes=10) == 900
+    # Untargeted FAB takes the gradient of every logit at each iteration.
+    assert by_name["fab20x5"].gradient_evaluations(num_classes=10) == 20 * 5 * 10
+    square = by_name["square"]
+    assert (square.method, square.steps, square.gradient_evaluations(10)) == ("square", 5000, 0)
+    assert square.queries() == 5000 and by_name["square1000x2"].queries() == 2000
+    standard = [spec.name for spec in evaluation.parse_attacks("autoattack", 0.3)]
+    assert standard == ["clean", "apgd-ce", "apgd-t", "fab-t", "square"]
+    plus = evaluation.parse_attacks("clean,autoattack-plus", 0.3)
+    assert [(spec.method, spec.restarts) for spec in plus] == [
+        ("clean", 1),
+        ("apgd", 5),
+        ("apgd", 5),
+        ("fab", 5),
+        ("square", 5),
+        ("apgd-t", 1),
+        ("fab-t", 1),
+    ]
+
+
 @pytest.mark.parametrize(
     "names, message",
     [
@@ -65,6 +94,9 @@ def test_attack_names_resolve_to_specs():
         ("fgsm3", "'fgsm' takes no step count"),
         ("pgd20,pgd20", "lists 'pgd20' twice"),
         ("pgd0", "must be >= 1"),
+        ("square0", "must be >= 1"),
+        ("fab-tx", "unknown attack 'fab-tx'"),
+        ("autoattack,apgd-ce", "lists 'apgd-ce' twice"),
         (" , ", "attacks is empty"),
     ],
 )
@@ -110,8 +142,9 @@ def test_report_is_consistent(report, digits):
     assert len(results["pgd6x2"]["accuracy_by_run"]) == 2
     assert len(results["apgd-t3"]["accuracy_by_run"]) == 9
     assert all(result["seconds"] > 0 for result in results.values())
-    assert [check["passed"] for check in report["checks"]] == [True] * 7, report["checks"]
     checks = {check["name"]: check for check in report["checks"]}
+    assert checks.pop("square_adds_little")["passed"] is None  # square was not run
+    assert [check["passed"] for check in checks.values()] == [True] * 8, report["checks"]
     assert "(1 pairs compared)" in checks["monotone_in_budget"]["message"]  # pgd3 vs pgd6x2
     assert report["warnings"] == []
     json.dumps(report, allow_nan=False)
@@ -132,24 +165,150 @@ def test_robust_accuracy_is_correct_under_every_attack(clean_mnist_network, digi
     assert report["robust_correct"] == np.sum(clean & fgsm)
 
 
+def mirrored_copy(network, strategy):
+    """The network with its variables created under the strategy's scope, as bin/evaluate loads."""
+    with strategy.scope():
+        copy = keras.models.clone_model(network)
+        copy.set_weights(network.get_weights())
+    return copy
+
+
 @pytest.mark.numerics
 def test_mirrored_strategy_gives_the_single_device_results(clean_mnist_network, digits, report):
-    strategy = tf.distribute.MirroredStrategy(["CPU:0", "CPU:1"])
+    strategy = distribute.mirrored_strategy(["CPU:0", "CPU:1"])
     # 150 examples in batches of 149: the last global batch has one example, so
     # one replica gets an empty batch; random starts are seeded per example.
     distributed = evaluation.evaluate(
-        clean_mnist_network,
+        mirrored_copy(clean_mnist_network, strategy),
         digits,
         "clean,pgd6x2,apgd-t3",
         EPSILON,
         batch_size=149,
         strategy=strategy,
+        cascade=False,
     )
     assert distributed["replicas"] == 2
     single = results_by_name(report)
     for name, result in results_by_name(distributed).items():
         for key in ("correct", "accuracy_by_run", "max_perturbation"):
             assert result[key] == single[name][key], (name, key)
+
+
+# AutoAttack's sequence with small budgets, on the first 100 digits.
+SMALL_AUTOATTACK = "clean,apgd-ce5,apgd-t2,fab-t3,square60"
+FEW = 80
+
+
+@pytest.fixture(scope="module")
+def cascade_and_full(clean_mnist_network, mnist_sample):
+    """The same attacks with and without the cascade, with their adversarial images."""
+    data = (mnist_sample["x_test"][:FEW], mnist_sample["y_test"][:FEW])
+    return [
+        evaluation.AttackSuite(SMALL_AUTOATTACK, EPSILON, batch_size=64, cascade=cascade).run(
+            clean_mnist_network, data, return_images=True
+        )
+        for cascade in (True, False)
+    ]
+
+
+def test_cascade_gives_the_robust_accuracy_of_every_attack_on_every_example(
+    clean_mnist_network, mnist_sample, cascade_and_full
+):
+    (cascade, cascade_images), (full, full_images) = cascade_and_full
+    y = mnist_sample["y_test"][:FEW]
+
+    def correct(images):
+        return np.argmax(clean_mnist_network(images, training=False), axis=-1) == y
+
+    # The same examples survive, one by one, whether or not the fooled ones are attacked again.
+    np.testing.assert_array_equal(correct(cascade_images), correct(full_images))
+    assert cascade["robust_correct"] == full["robust_correct"] == correct(cascade_images).sum()
+    assert cascade["cascade"] and not full["cascade"]
+    # Each attack ran on the survivors of the previous ones, and costs only those.
+    results, everything = results_by_name(cascade), results_by_name(full)
+    names = SMALL_AUTOATTACK.split(",")
+    for previous, name in zip(names, names[1:]):
+        result = results[name]
+        assert result["attacked"] == results[previous]["correct"], name
+        assert result["accuracy"] <= results[previous]["accuracy"]
+        expected = result["gradient_evaluations_per_example"] * result["attacked"]
+        assert result["gradient_evaluations"] == expected
+        assert everything[name]["attacked"] == FEW
+        assert result["accuracy"] <= everything[name]["accuracy"]
+    assert results["apgd-ce5"]["attacked"] > results["fab-t3"]["attacked"] > 0
+    assert results["square60"]["accuracy"] == cascade["robust_accuracy"]
+    assert cascade["total_gradient_evaluations"] < 0.5 * full["total_gradient_evaluations"]
+    assert 0 < cascade["total_queries"] < full["total_queries"]
+    square = results["square60"]
+    assert square["queries"] <= 60 * square["attacked"]
+    assert square["gradient_evaluations"] == 0
+    assert [check["passed"] for check in cascade["checks"]].count(False) == 0, cascade["checks"]
+    table = evaluation.format_table(cascade)
+    assert "cascade=on" in table and "60 queries x 1" in table and "9 targets" in table
+
+
+def test_cascade_images_are_the_first_success_inside_the_ball(mnist_sample, cascade_and_full):
+    (report, images), _ = cascade_and_full
+    x = mnist_sample["x_test"][:FEW]
+    assert images.shape == x.shape and images.dtype == np.float32
+    assert np.abs(images - x).max() <= EPSILON + 1e-6
+    assert images.min() >= 0.0 and images.max() <= 1.0
+    changed = np.any(images != x, axis=(1, 2, 3))
+    fooled_first = sum(result.get("fooled_first", 0) for result in report["attacks"])
+    assert 0 < changed.sum() <= fooled_first
+    for result in report["attacks"]:
+        assert result["within_bounds"], result["name"]
+
+
+def test_cascade_under_mirrored_strategy_gives_the_single_device_results(
+    clean_mnist_network, mnist_sample
+):
+    strategy = distribute.mirrored_strategy(["CPU:0", "CPU:1"])
+    data = (mnist_sample["x_test"][:60], mnist_sample["y_test"][:60])
+    names = "clean,apgd-ce3,square30"
+    # Batches of 59: the last has one example and one replica gets an empty batch.
+    single, distributed = (
+        evaluation.evaluate(network, data, names, EPSILON, batch_size=59, strategy=strategy)
+        for network, strategy in (
+            (clean_mnist_network, None),
+            (mirrored_copy(clean_mnist_network, strategy), strategy),
+        )
+    )
+    assert distributed["replicas"] == 2 and distributed["cascade"]
+    single = results_by_name(single)
+    assert 0 < single["square30"]["attacked"] < 60 and single["square30"]["queries"] > 0
+    for name, result in results_by_name(distributed).items():
+        for key in ("correct", "attacked", "accuracy_by_run", "queries", "max_perturbation"):
+            assert result[key] == single[name][key], (name, key)
+    # A model whose variables live on one device is refused before any attack.
+    with pytest.raises(ValueError, match="not created under the strategy's scope"):
+        evaluation.evaluate(clean_mnist_network, data, names, EPSILON, strategy=strategy)
+
+
+class Rounding(keras.layers.Layer):
+    """Rounds pixels to multiples of 1/2 with a zero gradient: gradient masking."""
+
+    def call(self, images):
+        return tf.stop_gradient(tf.round(images * 2.0) / 2.0) + 0.0 * images
+
+
+def test_square_beyond_the_gradient_attacks_is_flagged_as_masking(
+    clean_mnist_network, mnist_sample, cascade_and_full
+):
+    masked = keras.Sequential([keras.Input((28, 28, 1)), Rounding(), clean_mnist_network])
+    data = (mnist_sample["x_test"][:60], mnist_sample["y_test"][:60])
+    report = evaluation.evaluate(masked, data, "clean,apgd-ce5,square100", 0.3, batch_size=60)
+    checks = {check["name"]: check for check in report["checks"]}
+    assert checks["square_adds_little"]["passed"] is False
+    assert "gradient masking" in checks["square_adds_little"]["message"]
+    square = results_by_name(report)["square100"]
+    assert square["compared_with"] == ["apgd-ce5"]
+    assert square["fooled_beyond_gradient_attacks"] > 10
+    # The same check on the normal network passes: Square adds (almost) nothing there.
+    normal = {check["name"]: check for check in cascade_and_full[0][0]["checks"]}
+    assert normal["square_adds_little"]["passed"] is True, normal["square_adds_little"]
+    full = {check["name"]: check for check in cascade_and_full[1][0]["checks"]}
+    assert full["square_adds_little"]["passed"] is True, full["square_adds_little"]
 
 
 def test_probability_outputs(clean_mnist_network, digits):
@@ -236,6 +395,7 @@ def synthetic_report(**changes):
         ({"zero_gradient_fraction": {"ce": 0.2, "margin": 0.0}}, {"zero_gradients"}),
         ({"outputs_look_like_probabilities": True}, {"outputs_are_logits"}),
         ({"mismatches": {"pgd20": 3}}, {"reevaluation_agrees"}),
+        ({"robust_accuracy": 0.42}, {"robust_at_most_each_attack"}),
     ],
 )
 def test_sanity_checks_flag_suspicious_results(changes, failing):
@@ -246,6 +406,60 @@ def test_sanity_checks_flag_suspicious_results(changes, failing):
     specs = evaluation.parse_attacks("clean,fgsm,pgd20,pgd100,apgd-t", 0.3, step_size=0.01)
     checks = evaluation.sanity_checks(report, specs)
     assert {check["name"] for check in checks if check["passed"] is False} == failing
+
+
+def cascade_report(fooled_first, fooled_beyond, step_size=None):
+    """A cascade over 1,000 examples: pgd100, pgd20 on its survivors, then fgsm and square."""
+    names = "clean,pgd100,pgd20,fgsm,square"
+    specs = evaluation.parse_attacks(names, 0.3, step_size=step_size)
+    accuracies = [0.9, 0.5, 0.49, 0.48, 0.47]
+    report = synthetic_report(robust_accuracy=0.47, cascade=True, examples=1000)
+    report["attacks"] = [
+        {
+            "name": spec.name,
+            "method": spec.method,
+            "accuracy": accuracy,
+            "within_bounds": True,
+            "fooled_first": fooled_first.get(spec.name, 0),
+        }
+        for spec, accuracy in zip(specs, accuracies)
+    ]
+    for result in report["attacks"]:
+        if result["method"] in ("fgsm", "square"):
+            result["compared_with"] = ["pgd100", "pgd20"]
+            result["fooled_beyond_gradient_attacks"] = fooled_beyond.get(result["name"], 0)
+    checks = evaluation.sanity_checks(report, specs)
+    return {check["name"]: check["passed"] for check in checks}
+
+
+def test_cascade_checks_compare_later_attacks_with_the_survivors_of_earlier_ones():
+    # A smaller budget listed after a larger one must fool (almost) none of its survivors:
+    # none at all with one PGD step size (a replay), 0.5% of the examples otherwise.
+    assert cascade_report({"pgd20": 5}, {})["monotone_in_budget"] is True
+    assert cascade_report({"pgd20": 6}, {})["monotone_in_budget"] is False
+    assert cascade_report({"pgd20": 1}, {}, step_size=0.01)["monotone_in_budget"] is False
+    assert cascade_report({}, {}, step_size=0.01)["monotone_in_budget"] is True
+    # FGSM and Square listed after the gradient attacks: what they alone fool is masking.
+    passed = cascade_report({}, {"fgsm": 5, "square": 5})
+    assert passed["stronger_than_fgsm"] is True and passed["square_adds_little"] is True
+    flagged = cascade_report({}, {"fgsm": 6, "square": 6})
+    assert flagged["stronger_than_fgsm"] is False and flagged["square_adds_little"] is False
+
+
+def test_cascade_skips_comparisons_it_cannot_make():
+    specs = evaluation.parse_attacks("clean,fgsm,square,pgd20,pgd100", 0.3)
+    report = synthetic_report(cascade=True, examples=1000)
+    report["attacks"] = [
+        {"name": spec.name, "method": spec.method, "accuracy": 0.5, "within_bounds": True}
+        for spec in specs
+    ]
+    report["attacks"][0]["accuracy"] = 0.9
+    for result in report["attacks"][1:3]:
+        result["compared_with"], result["fooled_beyond_gradient_attacks"] = [], 0
+    checks = {check["name"]: check for check in evaluation.sanity_checks(report, specs)}
+    for name in ("monotone_in_budget", "stronger_than_fgsm", "square_adds_little"):
+        assert checks[name]["passed"] is None, checks[name]
+        assert "cascade" in checks[name]["message"]
 
 
 def test_out_of_bounds_images_are_flagged():
@@ -263,7 +477,8 @@ def test_table_lists_every_attack_and_the_checks(report):
         assert f"\n{name} " in table
     assert "robust (all)" in table
     assert f"{100 * report['robust_accuracy']:.2f}%" in table
-    assert "sanity checks: 7 passed, 0 flagged" in table
+    assert "sanity checks: 8 passed, 0 flagged, 1 skipped" in table
+    assert "cascade=off" in table and "no cascade" in table
 
 
 def test_report_is_written_atomically(tmp_path, report):

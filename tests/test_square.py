@@ -1,0 +1,238 @@
+"""Square attack: schedule, the optimum of a linear model, query counts, seeds, gradient masking."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from deat_tf import attacks, square
+
+TOLERANCE = 1e-6
+SIDE = 4
+CHANNELS = 2
+PIXELS = SIDE * SIDE * CHANNELS
+
+
+def assert_in_bounds(x_adv, x, epsilon):
+    x_adv = np.asarray(x_adv)
+    assert x_adv.shape == x.shape
+    assert x_adv.min() >= 0.0 and x_adv.max() <= 1.0
+    assert np.abs(x_adv - x).max() <= epsilon + TOLERANCE
+
+
+def linear_model(weights, biases):
+    weights = tf.constant(weights, tf.float32)
+    biases = tf.constant(biases, tf.float32)
+    return lambda images: tf.reshape(images, [-1, PIXELS]) @ weights + biases
+
+
+def seeds_for(indices, seed=0):
+    """Seed pairs keyed by example index, so that batching does not matter."""
+    indices = np.asarray(indices, np.int64)
+    return np.stack([np.full_like(indices, seed), indices], axis=1)
+
+
+def compiled_loop(model, epsilon, queries):
+    return tf.function(
+        lambda x, y, seeds: square.square_loop(model, x, y, epsilon, queries, seeds),
+        autograph=False,
+        reduce_retracing=True,
+    )
+
+
+def test_p_schedule_halves_at_the_papers_iterations():
+    thresholds = [10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000]
+    iterations = [0] + [t for threshold in thresholds for t in (threshold, threshold + 1)]
+    expected = [0.8] + [0.8 / 2 ** (i // 2 + i % 2) for i in range(2 * len(thresholds))]
+    np.testing.assert_allclose(square.p_schedule(iterations, 10000), expected, rtol=1e-6)
+    # Rescaled to the budget: iteration 5 of 5,000 is iteration 10 of 10,000.
+    np.testing.assert_allclose(square.p_schedule([5, 6, 4001], 5000), [0.8, 0.4, 0.8 / 512])
+    np.testing.assert_allclose(square.p_schedule([0, 1], 300, p_init=0.5), [0.5, 0.25])
+    # The window of the first iterations covers 80% of an MNIST digit: round(sqrt(0.8 * 784)).
+    assert int(square.window_side(0.8, 28, 28)) == 25
+    assert int(square.window_side(0.8 / 512, 28, 28)) == 1
+    assert int(square.window_side(1.0, 28, 20)) == 20
+
+
+def test_random_bits_depend_only_on_the_example_seed_and_stream():
+    seeds = seeds_for([3, 1, 4, 1, 5])
+    bits = np.asarray(square.random_bits(seeds, tf.constant(7, tf.int64), 64))
+    np.testing.assert_array_equal(bits[1], bits[3])  # same seed, same words
+    np.testing.assert_array_equal(bits[2], np.asarray(square.random_bits(seeds[2:3], 7, 64))[0])
+    assert len(np.unique(bits)) > 0.99 * 4 * 64
+    other_stream = np.asarray(square.random_bits(seeds, tf.constant(8, tf.int64), 64))
+    assert not np.any(other_stream == bits)
+    # Top bits are close to fair coins.
+    assert abs((bits >> 31).mean() - 0.5) < 0.06
+
+
+def test_square_reaches_the_optimum_of_a_two_class_linear_model(rng):
+    # The margin z_other - z_y of a two-class linear model is linear, so its maximum over the
+    # ball and the box is the corner x + eps * sign(w_other - w_y), clipped: Square must fool
+    # exactly the examples whose corner is misclassified, and end on the corner elsewhere.
+    weights = rng.normal(size=(PIXELS, 2)).astype(np.float32)
+    model = linear_model(weights, [0.4, -0.4])
+    x = rng.choice([0.0, 1.0, 0.5, 0.3, 0.7], size=(48, SIDE, SIDE, CHANNELS)).astype(np.float32)
+    y = np.asarray(model(x)).argmax(axis=1)
+    epsilon, queries = 0.1, 1000
+    direction = (weights[:, 1 - y] - weights[:, y]).T
+    corner = np.clip(x.reshape(48, -1) + epsilon * np.sign(direction), 0, 1).reshape(x.shape)
+    corner_fooled = np.asarray(model(corner)).argmax(axis=1) != y
+    assert 10 < corner_fooled.sum() < 38
+    images, scores, fooled, used = (
+        np.asarray(t) for t in compiled_loop(model, epsilon, queries)(x, y, seeds_for(range(48)))
+    )
+    assert_in_bounds(images, x, epsilon)
+    np.testing.assert_array_equal(fooled, corner_fooled)
+    np.testing.assert_allclose(images[~fooled], corner[~fooled], atol=TOLERANCE)
+    logits = np.asarray(model(images))
+    rows = np.arange(48)
+    np.testing.assert_allclose(scores, logits[rows, 1 - y] - logits[rows, y], atol=1e-5)
+    # Robust examples spend the whole budget; fooled ones stop at their first success.
+    assert np.all(used[~fooled] == queries)
+    assert np.all(used[fooled] < queries) and np.all(used >= 1)
+
+
+def test_square_fools_a_trained_network_within_the_budget(clean_mnist_network, mnist_sample):
+    x = mnist_sample["x_test"][:50]
+    y = mnist_sample["y_test"][:50]
+    logits_fn = attacks.logits_function(clean_mnist_network)
+    epsilon, queries = 0.3, 300
+    loop = compiled_loop(logits_fn, epsilon, queries)
+    images, _, fooled, used = (np.asarray(t) for t in loop(x, y, seeds_for(range(50))))
+    assert_in_bounds(images, x, epsilon)
+    predictions = np.asarray(clean_mnist_network(images, training=False)).argmax(axis=1)
+    np.testing.assert_array_equal(fooled, predictions != y)
+    clean_correct = np.asarray(clean_mnist_network(x, training=False)).argmax(axis=1) == y
+    assert fooled[clean_correct].mean() >= 0.9
+    # Digits misclassified at x are returned untouched, without a query.
+    assert np.all(used <= queries) and np.all(used[~clean_correct] == 0)
+    np.testing.assert_array_equal(images[~clean_correct], x[~clean_correct])
+    assert np.median(used[fooled]) < queries / 4  # fooled examples stop spending queries
+    # The public function runs the same search from the same seeds.
+    public = square.square(clean_mnist_network, x, y, epsilon, queries, seed=0)
+    np.testing.assert_array_equal(np.asarray(public), images)
+
+
+def test_results_are_deterministic_and_independent_of_the_batch(clean_mnist_network, mnist_sample):
+    # epsilon 0.1 leaves part of the digits robust, so some examples run the full budget.
+    x = mnist_sample["x_test"][100:124]
+    y = mnist_sample["y_test"][100:124]
+    loop = compiled_loop(attacks.logits_function(clean_mnist_network), 0.1, 150)
+    whole = [np.asarray(t) for t in loop(x, y, seeds_for(range(100, 124)))]
+    again = [np.asarray(t) for t in loop(x, y, seeds_for(range(100, 124)))]
+    for first, second in zip(whole, again, strict=True):
+        np.testing.assert_array_equal(first, second)
+    assert 0 < whole[2].sum() < 24
+    subset = np.array([17, 3, 9, 22, 0, 11])
+    part = [np.asarray(t) for t in loop(x[subset], y[subset], seeds_for(100 + subset))]
+    names = ("images", "scores", "fooled", "queries")
+    for name, full, alone in zip(names, whole, part, strict=True):
+        if name == "scores":  # the network's float sums may differ with the batch size
+            np.testing.assert_allclose(alone, full[subset], atol=1e-4, err_msg=name)
+        else:
+            np.testing.assert_array_equal(alone, full[subset], err_msg=name)
+    # Other seeds give other searches.
+    moved = [np.asarray(t) for t in loop(x, y, seeds_for(range(100, 124), seed=1))]
+    assert not np.array_equal(moved[0], whole[0])
+
+
+def test_restarts_only_add_successes_and_use_the_next_seeds(rng):
+    weights = rng.normal(size=(PIXELS, 3)).astype(np.float32)
+    model = linear_model(weights, [0.5, 0.0, -0.5])
+    x = rng.uniform(size=(32, SIDE, SIDE, CHANNELS)).astype(np.float32)
+    y = np.asarray(model(x)).argmax(axis=1)
+
+    def fooled(x_adv):
+        return np.asarray(model(x_adv)).argmax(axis=1) != y
+
+    one = square.square(model, x, y, 0.1, queries=10, seed=3)
+    next_seed = square.square(model, x, y, 0.1, queries=10, seed=4)
+    three = square.square(model, x, y, 0.1, queries=10, restarts=3, seed=3)
+    assert_in_bounds(three, x, 0.1)
+    # Restart r of seed 3 is the single run of seed 3 + r: its successes are kept.
+    assert np.all(fooled(three)[fooled(one) | fooled(next_seed)])
+    assert fooled(three).sum() > max(fooled(one).sum(), fooled(next_seed).sum())
+
+
+def test_restart_queries_are_summed_over_the_runs(rng):
+    weights = rng.normal(size=(PIXELS, 3)).astype(np.float32)
+    model = linear_model(weights, [0.5, 0.0, -0.5])
+    x = rng.uniform(size=(16, SIDE, SIDE, CHANNELS)).astype(np.float32)
+    y = np.asarray(model(x)).argmax(axis=1)
+    seeds = seeds_for(range(16))
+    loop = compiled_loop(model, 0.05, 20)
+    per_restart = [np.asarray(loop(x, y, seeds + [restart, 0])[3]) for restart in range(2)]
+    graph = tf.function(square._square_graph, autograph=False)
+    _, used = graph(model, x, y, 0.05, 20, square.SQUARE_P_INIT, 2, seeds)
+    np.testing.assert_array_equal(np.asarray(used), per_restart[0] + per_restart[1])
+
+
+class Quantize(keras.layers.Layer):
+    """Rounds pixels to multiples of 1/2 and passes back a zero gradient (gradient masking)."""
+
+    def call(self, images):
+        return tf.stop_gradient(tf.round(images * 2.0) / 2.0) + 0.0 * images
+
+
+def test_square_beats_pgd_on_a_gradient_masked_network(clean_mnist_network, mnist_sample):
+    masked = keras.Sequential([keras.Input((28, 28, 1)), Quantize(), clean_mnist_network])
+    x = mnist_sample["x_test"][:40]
+    y = mnist_sample["y_test"][:40]
+    with tf.GradientTape() as tape:
+        images = tf.constant(x)
+        tape.watch(images)
+        loss = tf.reduce_sum(masked(images, training=False))
+    assert not np.any(np.asarray(tape.gradient(loss, images)))  # the gradient really is masked
+
+    def fooled(x_adv):
+        return np.asarray(masked(x_adv, training=False)).argmax(axis=1) != y
+
+    epsilon = 0.3
+    x_pgd = attacks.pgd(masked, x, y, epsilon, step_size=0.1, steps=10)
+    x_square = square.square(masked, x, y, epsilon, queries=200)
+    assert_in_bounds(x_square, x, epsilon)
+    assert fooled(x_square).mean() >= fooled(x_pgd).mean() + 0.3, (
+        fooled(x_square).mean(),
+        fooled(x_pgd).mean(),
+    )
+
+
+def test_square_loop_inside_strategy_run_matches_one_replica(rng, two_replica_strategy):
+    weights = rng.normal(size=(PIXELS, 3)).astype(np.float32)
+    model = linear_model(weights, [0.2, 0.0, -0.2])
+    x = rng.uniform(size=(8, SIDE, SIDE, CHANNELS)).astype(np.float32)
+    y = np.asarray(model(x)).argmax(axis=1)
+    seeds = seeds_for(range(8))
+    loop = compiled_loop(model, 0.05, 30)
+    single = [np.asarray(t) for t in loop(x, y, seeds)]
+    strategy = two_replica_strategy
+    halves = strategy.experimental_distribute_values_from_function(
+        lambda context: tuple(
+            tf.constant(a[4 * context.replica_id_in_sync_group :][:4]) for a in (x, y, seeds)
+        )
+    )
+    results = strategy.run(loop, args=halves)
+    for one, distributed in zip(single, results, strict=True):
+        parts = strategy.experimental_local_results(distributed)
+        joined = np.concatenate([np.asarray(t) for t in parts])
+        np.testing.assert_allclose(joined, one, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (dict(epsilon=-0.1), "epsilon must be in \\[0, 1\\]"),
+        (dict(queries=0), "queries must be an integer >= 1"),
+        (dict(restarts=0), "restarts must be an integer >= 1"),
+        (dict(p_init=0.0), "p_init must be in \\(0, 1\\]"),
+        (dict(p_init=1.5), "p_init must be in \\(0, 1\\]"),
+        (dict(example_seeds=np.zeros((2, 3), np.int64)), "example_seeds must have shape"),
+    ],
+)
+def test_invalid_arguments_name_the_argument(rng, arguments, message):
+    model = linear_model(rng.normal(size=(PIXELS, 3)), np.zeros(3))
+    call = dict(epsilon=0.1, queries=2)
+    call.update(arguments)
+    with pytest.raises(ValueError, match=message):
+        square.square(model, np.zeros((2, SIDE, SIDE, CHANNELS), np.float32), np.zeros(2), **call)
