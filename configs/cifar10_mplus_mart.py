@@ -3,7 +3,7 @@
 Reproduces the M+MART row of the DEAT paper's CIFAR-10 table (docs/algorithm.md
 sections 4 and 6): clean 78.04%, PGD-100 55.83%, CW-20 49.19%, AutoAttack
 47.20%, 87.6 minutes, against MART with a fixed K = 10 at 75.86% / 54.88% /
-48.42% / 46.67% in 148.7 minutes. The attack is CE PGD from a uniform start
+48.42% / 46.67% in 148.7 minutes. The attack is CE PGD from x + 0.001 N(0, 1)
 with step 2/255; the update minimises the boosted cross-entropy of f(x_adv)
 plus 6 KL(f(x) || f(x_adv)) (1 - p_y(x)). K starts at 0, rises after epoch 0,
 then whenever the epoch's gradient magnitude (of the full MART loss, at x_adv)

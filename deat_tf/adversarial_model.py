@@ -65,7 +65,7 @@ class AdversarialModel(keras.Model):
         initialization: Random start of the perturbation: "uniform", "normal",
             "bernoulli" or "zero". Defaults to the method's (`deat_tf.methods`).
         initialization_scale: Size tau of the random start; defaults to the
-            method's (epsilon, or 0.001 for trades).
+            method's (epsilon, or 0.001 for trades and mart).
         carry_perturbation: deat/free only. Keep one perturbation buffer that
             carries over from minibatch to minibatch, clipped to [-epsilon,
             epsilon] only (original FREE, the ImageNet recipe); it starts at zero.

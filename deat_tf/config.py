@@ -60,7 +60,7 @@ class TrainConfig:
         attack_steps: Initial r (deat, free) or K (pgd); None: method default,
             or the scheduler's start (deat 1, pgd 0).
         initialization: uniform, normal, bernoulli or zero (None: the method's
-            default, uniform; TRADES starts at 0.001 N(0, 1)).
+            default: uniform; TRADES and MART start at 0.001 N(0, 1)).
         beta: Weight of the KL term of trades and mart.
         carry_perturbation: Carry one perturbation across minibatches (FREE, ImageNet).
         step_size_rule: constant or max_epsilon_over_steps.

@@ -83,9 +83,10 @@ _ROWS = (
     Method("deat", "replay", 1, 1, False, 1, 1.25, "uniform", None, 0, "r"),
     Method("free", "replay", 8, 1, False, None, 1.25, "uniform", None, 0, "r"),
     Method("pgd", "attack_then_update", 7, 0, False, 0, 0.25, "uniform", None, 1, "K"),
-    # TRADES starts its attack next to x, as in its reference code.
+    # TRADES and MART start their attacks next to x, at x + 0.001 N(0, 1), as in
+    # their reference code and the authors' M+TRADES / M+MART.
     Method("trades", "attack_then_update", 10, 0, False, 0, 0.25, "normal", 0.001, 2, "K"),
-    Method("mart", "attack_then_update", 10, 0, False, 0, 0.25, "uniform", None, 2, "K"),
+    Method("mart", "attack_then_update", 10, 0, False, 0, 0.25, "normal", 0.001, 2, "K"),
     Method("fgsm_rs", "single_step", 1, 1, True, None, 1.25, "uniform", None, 1, "K"),
     Method("none", "clean", 0, 0, True, None, 1.25, "uniform", None, 1, "K"),
 )
