@@ -118,11 +118,19 @@ def _conv(filters, kernel_size, strides, name):
     )
 
 
-def _preact_block(inputs, filters, strides, name):
-    """Pre-activation basic block (He et al. 2016): BN-ReLU-conv-BN-ReLU-conv + shortcut."""
+def _preact_block(inputs, filters, strides, name, project_activated):
+    """Pre-activation basic block (He et al. 2016): BN-ReLU-conv-BN-ReLU-conv + shortcut.
+
+    Args:
+        project_activated: Whether a projection shortcut (1x1 convolution, where
+            the shape changes) takes BN-ReLU(inputs), as in the WideResNet, or
+            the raw block input, as in the PreAct-ResNet18 of the DEAT and
+            fast-AT code.
+    """
     activated = layers.ReLU(name=f"{name}_relu1")(_batch_norm(f"{name}_bn1")(inputs))
     if strides != 1 or inputs.shape[-1] != filters:
-        shortcut = _conv(filters, 1, strides, f"{name}_shortcut")(activated)
+        projected = activated if project_activated else inputs
+        shortcut = _conv(filters, 1, strides, f"{name}_shortcut")(projected)
     else:
         shortcut = inputs
     hidden = _conv(filters, 3, strides, f"{name}_conv1")(activated)
@@ -141,6 +149,10 @@ def preact_resnet18(
 ):
     """PreAct-ResNet18 for 32x32 images, the CIFAR network of the DEAT paper.
 
+    The network of the DEAT and fast-AT code (`preact_resnet.py`): its three
+    projection shortcuts (first blocks of stages 2-4) apply the 1x1
+    convolution to the raw block input, not to BN-ReLU of it.
+
     Args:
         input_shape: Image shape (height, width, channels).
         num_classes: Number of classes.
@@ -156,15 +168,20 @@ def preact_resnet18(
     stages = [
         (width * multiplier, strides) for multiplier, strides in ((1, 1), (2, 2), (4, 2), (8, 2))
     ]
-    return _preact_network(input_shape, num_classes, mean, std, width, stages, 2, name)
+    return _preact_network(
+        input_shape, num_classes, mean, std, width, stages, 2, name, project_activated=False
+    )
 
 
-def _preact_network(input_shape, num_classes, mean, std, stem_filters, stages, blocks, name):
+def _preact_network(
+    input_shape, num_classes, mean, std, stem_filters, stages, blocks, name, project_activated
+):
     """Standardize, a 3x3 stem, stages of pre-activation blocks, BN-ReLU, pooling, dense.
 
     Args:
         stages: (filters, stride of the first block) per stage.
         blocks: Blocks per stage.
+        project_activated: See `_preact_block`.
     """
     inputs = keras.Input(input_shape)
     hidden = Standardize(mean, std, name="standardize")(inputs)
@@ -176,6 +193,7 @@ def _preact_network(input_shape, num_classes, mean, std, stem_filters, stages, b
                 filters,
                 strides if block == 0 else 1,
                 name=f"stage{stage + 1}_block{block + 1}",
+                project_activated=project_activated,
             )
     hidden = layers.ReLU(name="final_relu")(_batch_norm("final_bn")(hidden))
     hidden = layers.GlobalAveragePooling2D(name="pool")(hidden)
@@ -197,7 +215,8 @@ def wide_resnet34_10(
     The variant of Madry et al. and TRADES: a 16-filter stem, three stages of
     (depth - 4) / 6 pre-activation blocks with 16k, 32k and 64k filters
     (k = widen_factor), strides 1, 2, 2, then BN-ReLU, global pooling and a
-    dense layer; no dropout. 46.2M parameters at depth 34, k 10.
+    dense layer; no dropout. 46.2M parameters at depth 34, k 10. Its projection
+    shortcuts take BN-ReLU of the block input, as in the TRADES code.
 
     Args:
         input_shape: Image shape (height, width, channels).
@@ -217,7 +236,17 @@ def wide_resnet34_10(
     if widen_factor < 1:
         raise ValueError(f"widen_factor must be >= 1, got {widen_factor}.")
     stages = [(filters * widen_factor, strides) for filters, strides in ((16, 1), (32, 2), (64, 2))]
-    return _preact_network(input_shape, num_classes, mean, std, 16, stages, (depth - 4) // 6, name)
+    return _preact_network(
+        input_shape,
+        num_classes,
+        mean,
+        std,
+        16,
+        stages,
+        (depth - 4) // 6,
+        name,
+        project_activated=True,
+    )
 
 
 def _padded_conv(inputs, filters, kernel_size, strides, name):

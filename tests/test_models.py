@@ -94,3 +94,21 @@ def test_bad_model_requests_are_explained(name, width, message):
 def test_wide_resnet_rejects_an_impossible_depth():
     with pytest.raises(ValueError, match="6n \\+ 4"):
         models.wide_resnet34_10(depth=33)
+
+
+def test_preact_resnet18_projects_the_raw_block_input():
+    # The DEAT / fast-AT preact_resnet.py: shortcut = self.shortcut(x), not of BN-ReLU(x).
+    network = models.preact_resnet18(width=4)
+    for stage in (2, 3, 4):
+        shortcut = network.get_layer(f"stage{stage}_block1_shortcut")
+        block_input = network.get_layer(f"stage{stage - 1}_block2_add").output
+        assert shortcut.input is block_input, stage
+        assert shortcut.input is not network.get_layer(f"stage{stage}_block1_relu1").output
+
+
+def test_wide_resnet_projects_the_activated_block_input():
+    # The TRADES wideresnet.py: convShortcut(x) after x = relu1(bn1(x)).
+    network = models.wide_resnet34_10(depth=10, widen_factor=2)
+    for stage in (1, 2, 3):
+        shortcut = network.get_layer(f"stage{stage}_block1_shortcut")
+        assert shortcut.input is network.get_layer(f"stage{stage}_block1_relu1").output, stage
