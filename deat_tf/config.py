@@ -52,6 +52,8 @@ class TrainConfig:
     Model:
         model: mnist_cnn, preact_resnet18, wide_resnet34_10 or resnet50.
         model_width: Width override for small test models (None: the paper's).
+        init: Weight initialization: keras (Keras' initializers) or pytorch
+            (those of the PyTorch reference network; deat_tf.models).
 
     Adversarial training (see deat_tf.AdversarialModel):
         method: deat, free, pgd, trades, mart, fgsm_rs or none.
@@ -116,6 +118,7 @@ class TrainConfig:
 
     model: str = "mnist_cnn"
     model_width: int | None = None
+    init: str = "keras"
 
     method: str = "deat"
     epsilon: float = 0.3

@@ -272,6 +272,7 @@ def build_model(config, input_spec, steps_per_epoch):
         input_spec.mean,
         input_spec.std,
         width=config.model_width,
+        init=config.init,
     )
     model = AdversarialModel(
         network,
