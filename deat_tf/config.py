@@ -76,7 +76,9 @@ class TrainConfig:
         epochs: Number of epochs.
         batch_size: GLOBAL batch size, split evenly over the replicas.
         steps_per_epoch: Minibatches per epoch (None: training examples // batch_size).
-        optimizer: sgd or adam.
+        optimizer: sgd (Keras' momentum rule), sgd_pytorch (PyTorch's: the
+            learning rate outside the momentum buffer, so a drop takes effect
+            at once; deat_tf.optimizers) or adam.
         learning_rate: Base (or peak, for cyclic) learning rate.
         momentum: SGD momentum.
         nesterov: SGD Nesterov momentum.

@@ -39,13 +39,22 @@ import time
 import keras
 import tensorflow as tf
 
-from deat_tf import checks, datasets, distribute, evaluation, learning_rates, methods, models
+from deat_tf import (
+    checks,
+    datasets,
+    distribute,
+    evaluation,
+    learning_rates,
+    methods,
+    models,
+    optimizers,
+)
 from deat_tf import workdir as workdir_lib
 from deat_tf.adversarial_model import AdversarialModel
 from deat_tf.schedulers import AccuracyScheduler, MagnitudeScheduler, PeriodicScheduler
 
 SCHEDULERS = ("magnitude", "periodic", "accuracy", "none")
-OPTIMIZERS = ("sgd", "adam")
+OPTIMIZERS = ("sgd", "sgd_pytorch", "adam")
 
 
 def make_scheduler(config):
@@ -79,7 +88,8 @@ def make_optimizer(config, steps_per_epoch):
         steps_per_epoch: Minibatches per epoch.
 
     Returns:
-        A Keras optimizer.
+        A Keras optimizer: Adam, Keras' SGD ("sgd") or SGD with PyTorch's
+        momentum rule ("sgd_pytorch", `optimizers.PyTorchSGD`).
 
     Raises:
         ValueError: For an unknown optimizer or schedule, or bad settings.
@@ -98,6 +108,8 @@ def make_optimizer(config, steps_per_epoch):
     if config.optimizer == "adam":
         return keras.optimizers.Adam(learning_rate)
     momentum = checks.check_range(config.momentum, "momentum", 0.0, 1.0, include_high=False)
+    if config.optimizer == "sgd_pytorch":
+        return optimizers.PyTorchSGD(learning_rate, momentum=momentum, nesterov=config.nesterov)
     return keras.optimizers.SGD(learning_rate, momentum=momentum, nesterov=config.nesterov)
 
 
