@@ -17,8 +17,9 @@ The methods and their defaults are rows of `deat_tf.methods`. One minibatch of
         optimizer.apply(g_theta)                           # one update per replay
     grad_magnitude += sum |g_x * input_std|                # from the last replay
 
-"pgd", "trades" and "mart" run `attacks.pgd_loop` for K steps (no updates,
-no BatchNorm updates), then one update whose backward also gives g_x.
+"pgd", "trades" and "mart" run `attacks.pgd_loop` for K steps (no updates;
+no BatchNorm updates unless `attack_batch_norm="update"`), then one update
+whose backward also gives g_x.
 README.md ("Design decisions that change results") explains the choices that
 matter: unrolled replays, learning rates keyed on minibatches, coupled L2,
 BatchNorm during attacks, distribution; docs/algorithm.md the algorithm.
@@ -35,6 +36,7 @@ from deat_tf.models import find_input_std
 
 METHODS = methods.NAMES
 STEP_SIZE_RULES = ("constant", "max_epsilon_over_steps")
+ATTACK_BATCH_NORM = ("stateless", "update")
 
 
 class _CarriedPerturbation:
@@ -82,6 +84,15 @@ class AdversarialModel(keras.Model):
         validation_step_size: Step of that PGD; defaults to 2.5 * epsilon / steps.
         beta: Weight >= 0 of the KL term of trades and mart (6 in their recipes).
         seed: Integer seed of the random starts.
+        attack_batch_norm: BatchNorm in the attack passes of pgd, trades, mart
+            and fgsm_rs, which always use batch statistics (training mode):
+            "stateless" leaves the moving statistics to the update's forward;
+            "update" lets every attack forward update them, as PyTorch's
+            train-mode forwards do in the reference code. "update" works on one
+            device only (a moving-statistics update inside the attack loop is
+            a cross-replica synchronisation point). Training itself is the same
+            under both; only the moving statistics, hence the inference-mode
+            network, differ (README.md, "Design decisions that change results").
         **kwargs: Passed to `keras.Model` (e.g. name).
     """
 
@@ -102,6 +113,7 @@ class AdversarialModel(keras.Model):
         validation_step_size=None,
         beta=6.0,
         seed=0,
+        attack_batch_norm="stateless",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -139,6 +151,12 @@ class AdversarialModel(keras.Model):
             checks.check_positive(validation_step_size, "validation_step_size")
         self.validation_step_size = float(validation_step_size)
         self.seed = checks.check_count(seed, "seed", 0)
+        self.attack_batch_norm = checks.check_choice(
+            attack_batch_norm, ATTACK_BATCH_NORM, "attack_batch_norm"
+        )
+        _check_one_replica_for_attack_updates(
+            self.attack_batch_norm, tf.distribute.get_strategy().num_replicas_in_sync
+        )
         self.network = network
 
         initial_steps = self._check_attack_steps(
@@ -553,8 +571,19 @@ class AdversarialModel(keras.Model):
         return replays, logits, loss, gradient
 
     def _attack_logits_function(self):
-        """Training-mode forward that leaves BatchNorm moving statistics untouched."""
+        """The attack's training-mode forward: batch statistics, moving statistics per
+        `attack_batch_norm` (untouched, or updated by every call)."""
         network = self.network
+        if self.attack_batch_norm == "update":
+            context = tf.distribute.get_replica_context()
+            _check_one_replica_for_attack_updates(
+                "update", 1 if context is None else context.num_replicas_in_sync
+            )
+
+            def updating_logits_fn(images):
+                return network(images, training=True)
+
+            return updating_logits_fn
         trainable = [variable.value for variable in network.trainable_variables]
         non_trainable = [variable.value for variable in network.non_trainable_variables]
 
@@ -688,6 +717,7 @@ class AdversarialModel(keras.Model):
             "validation_step_size": self.validation_step_size,
             "beta": self.beta,
             "seed": self.seed,
+            "attack_batch_norm": self.attack_batch_norm,
         }
 
     @classmethod
@@ -701,6 +731,16 @@ class AdversarialModel(keras.Model):
 
 def _identity(images):
     return images
+
+
+def _check_one_replica_for_attack_updates(attack_batch_norm, replicas):
+    """Refuses moving-statistics updates inside attack loops on several replicas."""
+    if attack_batch_norm == "update" and replicas > 1:
+        raise ValueError(
+            f"attack_batch_norm='update' works on one device only, got a strategy with "
+            f"{replicas} replicas: a BatchNorm update inside the attack loop would need a "
+            "cross-replica synchronisation there. Use attack_batch_norm='stateless' or one device."
+        )
 
 
 def _per_replica_share(loss):

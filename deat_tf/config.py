@@ -71,6 +71,9 @@ class TrainConfig:
         max_steps: Cap r_max / K_max of the scheduler.
         period: Epochs per increase d of the periodic scheduler.
         accuracy_threshold: Adversarial accuracy p of the accuracy scheduler.
+        attack_batch_norm: stateless (attack forwards leave BatchNorm's moving
+            statistics alone) or update (they update them, as PyTorch does;
+            one device only).
 
     Optimisation:
         epochs: Number of epochs.
@@ -135,6 +138,7 @@ class TrainConfig:
     max_steps: int = 8
     period: int = 3
     accuracy_threshold: float = 0.4
+    attack_batch_norm: str = "stateless"
 
     epochs: int = 10
     batch_size: int = 128

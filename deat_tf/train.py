@@ -300,6 +300,7 @@ def build_model(config, input_spec, steps_per_epoch):
         validation_attack_steps=config.validation_attack_steps,
         validation_step_size=config.validation_step_size,
         seed=config.seed,
+        attack_batch_norm=config.attack_batch_norm,
     )
     model.compile(optimizer=make_optimizer(config, steps_per_epoch), jit_compile=config.jit_compile)
     return model
