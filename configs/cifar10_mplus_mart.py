@@ -22,11 +22,13 @@ rule (the epoch sum of the full loss's input gradient at the final iterate,
 no forced rise), so expect another K trace and with it another cost and
 accuracy.
 
-Remaining differences: those of configs/cifar10_deat.py; and in the
-reference all K + 2 training-mode forwards per minibatch update BatchNorm's
-moving statistics (about 1 clean forward in 12 at K = 10), here only the
-update's clean and adversarial forwards do (half clean) unless
---attack_batch_norm=update (one device).
+As in the reference, all K + 2 training-mode forwards per minibatch update
+BatchNorm's moving statistics (attack_batch_norm update: about 1 clean
+forward in 12 at K = 10; the library's default would let only the update's
+clean and adversarial forwards do it, and measured about one point lower,
+docs/algorithm.md section 6). That works on one device only: on several GPUs
+pass --attack_batch_norm=stateless or --strategy=one_device. Remaining
+differences: those of configs/cifar10_deat.py.
 
 Command:
     bin/train --config=configs/cifar10_mplus_mart.py --workdir=runs/cifar10_mplus_mart
@@ -36,4 +38,8 @@ from deat_tf import config
 
 
 def get_config():
-    return config.replace(config.load_sibling(__file__, "cifar10_mplus_trades"), method="mart")
+    return config.replace(
+        config.load_sibling(__file__, "cifar10_mplus_trades"),
+        method="mart",
+        attack_batch_norm="update",
+    )
