@@ -6,10 +6,12 @@ custom train step (`AdversarialModel`) and callbacks that schedule the attack
 iteration count.
 """
 
-# Importing learning_rates registers the recipes' schedules for loading .keras files.
-from deat_tf import attacks, learning_rates, models
+# Importing learning_rates and optimizers registers the recipes' schedules and
+# PyTorchSGD for loading .keras files.
+from deat_tf import attacks, learning_rates, models, optimizers
 from deat_tf.adversarial_model import METHODS, AdversarialModel
 from deat_tf.learning_rates import MinibatchSchedule
+from deat_tf.optimizers import PyTorchSGD
 from deat_tf.schedulers import (
     AccuracyScheduler,
     IterationScheduler,
@@ -27,7 +29,9 @@ __all__ = [
     "MagnitudeScheduler",
     "MinibatchSchedule",
     "PeriodicScheduler",
+    "PyTorchSGD",
     "attacks",
     "learning_rates",
     "models",
+    "optimizers",
 ]

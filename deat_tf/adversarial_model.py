@@ -17,8 +17,9 @@ The methods and their defaults are rows of `deat_tf.methods`. One minibatch of
         optimizer.apply(g_theta)                           # one update per replay
     grad_magnitude += sum |g_x * input_std|                # from the last replay
 
-"pgd", "trades" and "mart" run `attacks.pgd_loop` for K steps (no updates,
-no BatchNorm updates), then one update whose backward also gives g_x.
+"pgd", "trades" and "mart" run `attacks.pgd_loop` for K steps (no updates;
+no BatchNorm updates unless `attack_batch_norm="update"`), then one update
+whose backward also gives g_x.
 README.md ("Design decisions that change results") explains the choices that
 matter: unrolled replays, learning rates keyed on minibatches, coupled L2,
 BatchNorm during attacks, distribution; docs/algorithm.md the algorithm.
@@ -29,11 +30,11 @@ import math
 import keras
 import tensorflow as tf
 
-from deat_tf import attacks, checks, losses, magnitude, methods, models
-from deat_tf.learning_rates import MinibatchSchedule
+from deat_tf import attacks, checks, distribute, losses, magnitude, methods, models, optimizers
 
 METHODS = methods.NAMES
 STEP_SIZE_RULES = ("constant", "max_epsilon_over_steps")
+ATTACK_BATCH_NORM = ("stateless", "update")
 
 
 class _Untracked:
@@ -66,7 +67,7 @@ class AdversarialModel(keras.Model):
         initialization: Random start of the perturbation: "uniform", "normal",
             "bernoulli" or "zero". Defaults to the method's (`deat_tf.methods`).
         initialization_scale: Size tau of the random start; defaults to the
-            method's (epsilon, or 0.001 for trades).
+            method's (epsilon, or 0.001 for trades and mart).
         carry_perturbation: deat/free only. Keep one perturbation buffer that
             carries over from minibatch to minibatch, clipped to [-epsilon,
             epsilon] only (original FREE, the ImageNet recipe); it starts at zero.
@@ -83,6 +84,15 @@ class AdversarialModel(keras.Model):
         validation_step_size: Step of that PGD; defaults to 2.5 * epsilon / steps.
         beta: Weight >= 0 of the KL term of trades and mart (6 in their recipes).
         seed: Integer seed of the random starts.
+        attack_batch_norm: BatchNorm in the attack passes of pgd, trades, mart
+            and fgsm_rs, which always use batch statistics (training mode):
+            "stateless" leaves the moving statistics to the update's forward;
+            "update" lets every attack forward update them, as PyTorch's
+            train-mode forwards do in the reference code. "update" works on one
+            device only (a moving-statistics update inside the attack loop is
+            a cross-replica synchronisation point). Training itself is the same
+            under both; only the moving statistics, hence the inference-mode
+            network, differ (README.md, "Design decisions that change results").
         **kwargs: Passed to `keras.Model` (e.g. name).
     """
 
@@ -103,6 +113,7 @@ class AdversarialModel(keras.Model):
         validation_step_size=None,
         beta=6.0,
         seed=0,
+        attack_batch_norm="stateless",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -111,7 +122,7 @@ class AdversarialModel(keras.Model):
         self._method = methods.get(method)
         self.method = self._method.name
         self.epsilon = checks.check_epsilon(epsilon)
-        self.step_size = self._resolve_step_size(step_size)
+        self.step_size = self._method.step_size(step_size, self.epsilon)
         self.initialization = checks.check_choice(
             initialization or self._method.initialization, attacks.INITIALIZATIONS, "initialization"
         )
@@ -128,7 +139,7 @@ class AdversarialModel(keras.Model):
         self.step_size_rule = checks.check_choice(step_size_rule, STEP_SIZE_RULES, "step_size_rule")
         self.l2_weight_decay = checks.check_nonnegative(l2_weight_decay, "l2_weight_decay")
         self.input_std_setting = input_std
-        self._input_std = self._resolve_input_std(network, input_std)
+        self._input_std = models.resolve_input_std(network, input_std)
         self.validation_attack_steps = checks.check_count(
             validation_attack_steps, "validation_attack_steps", 0
         )
@@ -140,9 +151,15 @@ class AdversarialModel(keras.Model):
             checks.check_positive(validation_step_size, "validation_step_size")
         self.validation_step_size = float(validation_step_size)
         self.seed = checks.check_count(seed, "seed", 0)
+        self.attack_batch_norm = checks.check_choice(
+            attack_batch_norm, ATTACK_BATCH_NORM, "attack_batch_norm"
+        )
+        distribute.check_attack_batch_norm(
+            network, self._method.family, self.attack_batch_norm, tf.distribute.get_strategy()
+        )
         self.network = network
 
-        initial_steps = self._check_attack_steps(
+        initial_steps = self._method.check_steps(
             self._method.default_steps if attack_steps is None else attack_steps
         )
         self._attack_steps_variable = keras.Variable(
@@ -174,39 +191,6 @@ class AdversarialModel(keras.Model):
 
     # ----------------------------------------------------------------- settings
 
-    def _resolve_step_size(self, step_size):
-        if step_size is None:
-            return self._method.step_size_factor * self.epsilon
-        if self.epsilon == 0.0 and not isinstance(step_size, bool) and step_size == 0:
-            return 0.0
-        return checks.check_positive(step_size, "step_size")
-
-    @staticmethod
-    def _resolve_input_std(network, input_std):
-        if isinstance(input_std, str):
-            if input_std != "auto":
-                raise ValueError(
-                    f"input_std must be 'auto', a number or a sequence, got {input_std!r}."
-                )
-            found = models.find_input_std(network)
-            return None if found is None else tuple(found)
-        if input_std is None:
-            return None
-        values = (input_std,) if isinstance(input_std, (int, float)) else tuple(input_std)
-        if not values:
-            raise ValueError("input_std must hold one value per channel, got an empty sequence.")
-        return tuple(checks.check_positive(value, "input_std") for value in values)
-
-    def _check_attack_steps(self, value):
-        if self._method.fixed_steps:
-            fixed = self._method.default_steps
-            if isinstance(value, bool) or value != fixed:
-                raise ValueError(
-                    f"attack_steps is fixed at {fixed} for method {self.method!r}, got {value!r}."
-                )
-            return fixed
-        return checks.check_count(value, "attack_steps", self._method.minimum_steps)
-
     @property
     def attack_steps(self):
         """The iteration count: replays r (deat, free) or attack steps K (pgd, trades, mart).
@@ -218,7 +202,7 @@ class AdversarialModel(keras.Model):
 
     @attack_steps.setter
     def attack_steps(self, value):
-        value = self._check_attack_steps(value)
+        value = self._method.check_steps(value)
         self._attack_steps_variable.assign(value)
         traced = self.train_function is not None and value != self._traced_steps
         if self._method.replays and traced:
@@ -283,26 +267,9 @@ class AdversarialModel(keras.Model):
         kwargs.pop("weighted_metrics", None)
         if loss is None:
             loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-        optimizer = keras.optimizers.get(optimizer)
-        scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
-        if self._computes_in_float16() and not scaled:
-            # Keras adds dynamic loss scaling only when this model's own dtype
-            # policy is mixed_float16; the network's layers are what matters.
-            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        optimizer = optimizers.with_loss_scaling(keras.optimizers.get(optimizer), self.network)
         super().compile(optimizer=optimizer, loss=loss, **kwargs)
-        inner = getattr(self.optimizer, "inner_optimizer", self.optimizer)
-        # Keras has no public getter for an optimizer's schedule object.
-        schedule = getattr(inner, "_learning_rate", None)
-        if isinstance(schedule, MinibatchSchedule):
-            schedule.counter = self._minibatch_counter
-        elif isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
-            inner.learning_rate = MinibatchSchedule(schedule, self._minibatch_counter)
-
-    def _computes_in_float16(self):
-        return any(
-            getattr(layer, "compute_dtype", None) == "float16"
-            for layer in models.all_layers(self.network)
-        )
+        optimizers.key_on_minibatches(self.optimizer, self._minibatch_counter)
 
     def compile_from_config(self, config):
         """Recompiles from a saved compile config (used when loading a `.keras` file)."""
@@ -357,26 +324,14 @@ class AdversarialModel(keras.Model):
         self.built = True
 
     def make_train_function(self, force=False):
-        self._check_synchronized_batch_norm()
+        distribute.check_attack_batch_norm(
+            self.network, self._method.family, self.attack_batch_norm, self.distribute_strategy
+        )
         steps = self.attack_steps
         if self._method.replays and steps != self._traced_steps:
             force = True
         self._traced_steps = steps
         return super().make_train_function(force=force)
-
-    def _check_synchronized_batch_norm(self):
-        """Refuses synchronised BatchNorm where the attack loop would need to synchronise."""
-        replicas = self.distribute_strategy.num_replicas_in_sync
-        if replicas == 1 or self._method.family != "attack_then_update":
-            return
-        synchronized = models.synchronized_batch_norm_layers(self.network)
-        if synchronized:
-            # Its cross-replica reduction cannot run inside the attack's tf.while_loop.
-            raise ValueError(
-                f"method {self.method} runs its attack in a loop that cannot synchronise "
-                f"BatchNorm across {replicas} replicas; layers {', '.join(synchronized)} have "
-                "synchronized=True: use per-replica BatchNorm (synchronized=False) or method deat."
-            )
 
     def fit(self, x=None, y=None, batch_size=None, **kwargs):
         """`keras.Model.fit`, after checking the data (before any update).
@@ -590,8 +545,15 @@ class AdversarialModel(keras.Model):
         return replays, update
 
     def _attack_logits_function(self):
-        """Training-mode forward that leaves BatchNorm moving statistics untouched."""
+        """The attack's training-mode forward: batch statistics, moving statistics per
+        `attack_batch_norm` (untouched, or updated by every call)."""
         network = self.network
+        if self.attack_batch_norm == "update":
+            # One device only (checked when the train function is made).
+            def updating_logits_fn(images):
+                return network(images, training=True)
+
+            return updating_logits_fn
         trainable = [variable.value for variable in network.trainable_variables]
         non_trainable = [variable.value for variable in network.non_trainable_variables]
 
@@ -756,6 +718,7 @@ class AdversarialModel(keras.Model):
             "validation_step_size": self.validation_step_size,
             "beta": self.beta,
             "seed": self.seed,
+            "attack_batch_norm": self.attack_batch_norm,
         }
 
     @classmethod

@@ -53,6 +53,8 @@ class TrainConfig:
     Model:
         model: mnist_cnn, preact_resnet18, wide_resnet34_10 or resnet50.
         model_width: Width override for small test models (None: the paper's).
+        init: Weight initialization: keras (Keras' initializers) or pytorch
+            (those of the PyTorch reference network; deat_tf.models).
 
     Adversarial training (see deat_tf.AdversarialModel):
         method: deat, free, pgd, trades, mart, fgsm_rs or none.
@@ -61,7 +63,7 @@ class TrainConfig:
         attack_steps: Initial r (deat, free) or K (pgd); None: method default,
             or the scheduler's start (deat 1, pgd 0).
         initialization: uniform, normal, bernoulli or zero (None: the method's
-            default, uniform; TRADES starts at 0.001 N(0, 1)).
+            default: uniform; TRADES and MART start at 0.001 N(0, 1)).
         beta: Weight of the KL term of trades and mart.
         carry_perturbation: Carry one perturbation across minibatches (FREE, ImageNet).
         step_size_rule: constant or max_epsilon_over_steps.
@@ -70,12 +72,17 @@ class TrainConfig:
         max_steps: Cap r_max / K_max of the scheduler.
         period: Epochs per increase d of the periodic scheduler.
         accuracy_threshold: Adversarial accuracy p of the accuracy scheduler.
+        attack_batch_norm: stateless (attack forwards leave BatchNorm's moving
+            statistics alone) or update (they update them, as PyTorch does;
+            one device only).
 
     Optimisation:
         epochs: Number of epochs.
         batch_size: GLOBAL batch size, split evenly over the replicas.
         steps_per_epoch: Minibatches per epoch (None: training examples // batch_size).
-        optimizer: sgd or adam.
+        optimizer: sgd (Keras' momentum rule), sgd_pytorch (PyTorch's: the
+            learning rate outside the momentum buffer, so a drop takes effect
+            at once; deat_tf.optimizers) or adam.
         learning_rate: Base (or peak, for cyclic) learning rate.
         momentum: SGD momentum.
         nesterov: SGD Nesterov momentum.
@@ -123,6 +130,7 @@ class TrainConfig:
 
     model: str = "mnist_cnn"
     model_width: int | None = None
+    init: str = "keras"
 
     method: str = "deat"
     epsilon: float = 0.3
@@ -137,6 +145,7 @@ class TrainConfig:
     max_steps: int = 8
     period: int = 3
     accuracy_threshold: float = 0.4
+    attack_batch_norm: str = "stateless"
 
     epochs: int = 10
     batch_size: int = 128

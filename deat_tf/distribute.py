@@ -2,7 +2,7 @@
 
 import tensorflow as tf
 
-from deat_tf import checks
+from deat_tf import checks, models
 
 STRATEGIES = ("auto", "mirrored", "one_device")
 
@@ -54,6 +54,41 @@ def mirrored_strategy(devices):
             devices, cross_device_ops=tf.distribute.ReductionToOneDevice()
         )
     return tf.distribute.MirroredStrategy(devices)
+
+
+def check_attack_batch_norm(network, family, attack_batch_norm, strategy):
+    """Refuses BatchNorm settings that an attack loop cannot run on several replicas.
+
+    An attack of pgd, trades or mart runs in a `tf.while_loop`, where a
+    cross-replica reduction cannot run: neither synchronised BatchNorm nor
+    moving-statistics updates inside the attack (`attack_batch_norm="update"`,
+    whose mirrored assignments are synchronisation points).
+
+    Args:
+        network: The classifier.
+        family: The training method's family (`methods.FAMILIES`).
+        attack_batch_norm: "stateless" or "update".
+        strategy: The distribution strategy.
+
+    Raises:
+        ValueError: For either setting under several replicas.
+    """
+    replicas = strategy.num_replicas_in_sync
+    if replicas == 1:
+        return
+    if attack_batch_norm == "update":
+        raise ValueError(
+            f"attack_batch_norm='update' works on one device only, got a strategy with "
+            f"{replicas} replicas: a BatchNorm update inside the attack loop would need a "
+            "cross-replica synchronisation there. Use attack_batch_norm='stateless' or one device."
+        )
+    synchronized = models.synchronized_batch_norm_layers(network)
+    if family == "attack_then_update" and synchronized:
+        raise ValueError(
+            f"this method runs its attack in a loop that cannot synchronise BatchNorm across "
+            f"{replicas} replicas; layers {', '.join(synchronized)} have synchronized=True: use "
+            "per-replica BatchNorm (synchronized=False) or method deat."
+        )
 
 
 def device_names(strategy):

@@ -64,6 +64,46 @@ class Method:
         """Whether an iteration-count scheduler may change this method's count."""
         return self.scheduled_start is not None
 
+    def check_steps(self, value):
+        """Validates an iteration count for this method.
+
+        Args:
+            value: The count r or K.
+
+        Returns:
+            The count as an int.
+
+        Raises:
+            ValueError: If it is below the minimum, or differs from a fixed count.
+        """
+        if self.fixed_steps:
+            if isinstance(value, bool) or value != self.default_steps:
+                raise ValueError(
+                    f"attack_steps is fixed at {self.default_steps} for method {self.name!r}, "
+                    f"got {value!r}."
+                )
+            return self.default_steps
+        return checks.check_count(value, "attack_steps", self.minimum_steps)
+
+    def step_size(self, step_size, epsilon):
+        """The attack step: `step_size` when given (> 0), else the method's multiple of epsilon.
+
+        Args:
+            step_size: The step asked for, or None.
+            epsilon: The radius (a step of 0 is allowed with epsilon 0).
+
+        Returns:
+            The step as a float.
+
+        Raises:
+            ValueError: If the step is not > 0.
+        """
+        if step_size is None:
+            return self.step_size_factor * epsilon
+        if epsilon == 0.0 and not isinstance(step_size, bool) and step_size == 0:
+            return 0.0
+        return checks.check_positive(step_size, "step_size")
+
     def passes_per_minibatch(self, steps):
         """Forward+backward passes one minibatch costs with `steps` iterations.
 
@@ -83,9 +123,10 @@ _ROWS = (
     Method("deat", "replay", 1, 1, False, 1, 1.25, "uniform", None, 0, "r"),
     Method("free", "replay", 8, 1, False, None, 1.25, "uniform", None, 0, "r"),
     Method("pgd", "attack_then_update", 7, 0, False, 0, 0.25, "uniform", None, 1, "K"),
-    # TRADES starts its attack next to x, as in its reference code.
+    # TRADES and MART start their attacks next to x, at x + 0.001 N(0, 1), as in
+    # their reference code and the authors' M+TRADES / M+MART.
     Method("trades", "attack_then_update", 10, 0, False, 0, 0.25, "normal", 0.001, 2, "K"),
-    Method("mart", "attack_then_update", 10, 0, False, 0, 0.25, "uniform", None, 2, "K"),
+    Method("mart", "attack_then_update", 10, 0, False, 0, 0.25, "normal", 0.001, 2, "K"),
     Method("fgsm_rs", "single_step", 1, 1, True, None, 1.25, "uniform", None, 1, "K"),
     Method("none", "clean", 0, 0, True, None, 1.25, "uniform", None, 1, "K"),
 )

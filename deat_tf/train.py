@@ -50,13 +50,14 @@ from deat_tf import (
     learning_rates,
     methods,
     models,
+    optimizers,
 )
 from deat_tf import workdir as workdir_lib
 from deat_tf.adversarial_model import AdversarialModel
 from deat_tf.schedulers import AccuracyScheduler, MagnitudeScheduler, PeriodicScheduler
 
 SCHEDULERS = ("magnitude", "periodic", "accuracy", "none")
-OPTIMIZERS = ("sgd", "adam")
+OPTIMIZERS = ("sgd", "sgd_pytorch", "adam")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
 
@@ -91,7 +92,8 @@ def make_optimizer(config, steps_per_epoch):
         steps_per_epoch: Minibatches per epoch.
 
     Returns:
-        A Keras optimizer.
+        A Keras optimizer: Adam, Keras' SGD ("sgd") or SGD with PyTorch's
+        momentum rule ("sgd_pytorch", `optimizers.PyTorchSGD`).
 
     Raises:
         ValueError: For an unknown optimizer or schedule, or bad settings.
@@ -110,6 +112,8 @@ def make_optimizer(config, steps_per_epoch):
     if config.optimizer == "adam":
         return keras.optimizers.Adam(learning_rate)
     momentum = checks.check_range(config.momentum, "momentum", 0.0, 1.0, include_high=False)
+    if config.optimizer == "sgd_pytorch":
+        return optimizers.PyTorchSGD(learning_rate, momentum=momentum, nesterov=config.nesterov)
     return keras.optimizers.SGD(learning_rate, momentum=momentum, nesterov=config.nesterov)
 
 
@@ -302,6 +306,7 @@ def build_model(config, input_spec, steps_per_epoch):
             input_spec.mean,
             input_spec.std,
             width=config.model_width,
+            init=config.init,
         )
     finally:
         # The policy belongs to this network; it must not leak into later models.
@@ -320,6 +325,7 @@ def build_model(config, input_spec, steps_per_epoch):
         validation_attack_steps=config.validation_attack_steps,
         validation_step_size=config.validation_step_size,
         seed=config.seed,
+        attack_batch_norm=config.attack_batch_norm,
     )
     model.compile(optimizer=make_optimizer(config, steps_per_epoch), jit_compile=config.jit_compile)
     return model

@@ -148,6 +148,62 @@ def test_a_changed_k_reaches_the_attack_loop_without_retracing(method):
     assert any(not np.allclose(a.numpy(), b.numpy()) for a, b in zip(one, three))
 
 
+@pytest.mark.parametrize(
+    "method, steps, forwards_per_batch",
+    [("pgd", 3, 4), ("mart", 2, 4), ("trades", 2, 5), ("fgsm_rs", None, 2)],
+)
+def test_attack_batch_norm_update_makes_every_attack_forward_a_training_forward(
+    method, steps, forwards_per_batch
+):
+    # pgd: K attack forwards + the update's (PyTorch PGD-AT: 7 + 1 at K = 7); mart:
+    # K + clean + adversarial; trades: one clean forward for the KL target too.
+    x, y = toy_data(5)
+    model = make_model(method, attack_steps=steps, attack_batch_norm="update")
+    model.fit(x, y, batch_size=10, epochs=1, verbose=0)
+    assert forward_count(model) == 5 * forwards_per_batch
+    assert int(model.optimizer.iterations.numpy()) == 5
+
+
+def batch_norm_network(seed=0):
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input(IMAGE_SHAPE)
+    hidden = layers.Conv2D(4, 3)(inputs)
+    hidden = layers.ReLU()(layers.BatchNormalization(momentum=0.9, name="bn")(hidden))
+    outputs = layers.Dense(CLASSES)(layers.Flatten()(hidden))
+    return keras.Model(inputs, outputs)
+
+
+def test_attack_batch_norm_changes_the_moving_statistics_only():
+    x, y = toy_data(3)
+    trained = {}
+    for mode in ("stateless", "update"):
+        model = make_model(
+            "pgd", network=batch_norm_network(), attack_steps=3, attack_batch_norm=mode
+        )
+        model.fit(x, y, batch_size=10, epochs=1, shuffle=False, verbose=0)
+        trained[mode] = model.network
+    # Attack and update forwards use batch statistics: the weights are the same...
+    for stateless, updated in zip(
+        trained["stateless"].trainable_variables, trained["update"].trainable_variables
+    ):
+        np.testing.assert_allclose(updated.numpy(), stateless.numpy(), rtol=1e-5, atol=1e-6)
+    # ...but 4 EMA steps per minibatch (0.9^12 left of the start) against 1 (0.9^3).
+    variances = {
+        mode: network.get_layer("bn").moving_variance.numpy() for mode, network in trained.items()
+    }
+    assert np.abs(variances["update"] - variances["stateless"]).max() > 0.05
+
+
+def test_attack_batch_norm_update_is_refused_on_several_replicas(two_replica_strategy):
+    with two_replica_strategy.scope():
+        with pytest.raises(ValueError, match="attack_batch_norm='update' works on one device only"):
+            deat_tf.AdversarialModel(counting_network(), method="pgd", attack_batch_norm="update")
+        model = deat_tf.AdversarialModel(counting_network(), method="pgd")
+    assert model.attack_batch_norm == "stateless"
+    with pytest.raises(ValueError, match="attack_batch_norm must be one of stateless, update"):
+        deat_tf.AdversarialModel(counting_network(), attack_batch_norm="pytorch")
+
+
 def manual_input_gradient(network, images, labels):
     with tf.GradientTape() as tape:
         tape.watch(images)

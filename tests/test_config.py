@@ -82,3 +82,13 @@ def test_broken_recipe_files_are_explained(tmp_path):
     bad_json.write_text("[1, 2]")
     with pytest.raises(ValueError, match="must hold a JSON object"):
         config_lib.load_file(str(bad_json))
+
+
+def test_attack_batch_norm_reaches_the_model_from_a_flag():
+    recipe = config_lib.replace(
+        config_lib.TrainConfig(), attack_batch_norm=cli.parse_value("attack_batch_norm", "update")
+    )
+    input_spec, steps_per_epoch = train.input_plan(recipe)
+    model = train.build_model(recipe, input_spec, steps_per_epoch)
+    assert model.attack_batch_norm == "update"
+    assert model.get_config()["attack_batch_norm"] == "update"

@@ -151,5 +151,7 @@ def test_replicas_take_their_slices_of_the_single_replica_random_start(two_repli
 def test_synchronized_batch_norm_is_refused_where_the_attack_loop_cannot_synchronise(
     mnist_sample, two_replica_strategy
 ):
-    with pytest.raises(ValueError, match="method pgd runs its attack in a loop that cannot"):
+    with pytest.raises(
+        ValueError, match="this method runs its attack in a loop that cannot synchronise"
+    ):
         train(two_replica_strategy, "pgd", mnist_sample, network="synchronized_batch_norm")

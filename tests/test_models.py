@@ -4,6 +4,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from keras import layers
 
 from deat_tf import models
 
@@ -94,3 +95,114 @@ def test_bad_model_requests_are_explained(name, width, message):
 def test_wide_resnet_rejects_an_impossible_depth():
     with pytest.raises(ValueError, match="6n \\+ 4"):
         models.wide_resnet34_10(depth=33)
+
+
+def test_preact_resnet18_projects_the_raw_block_input():
+    # The DEAT / fast-AT preact_resnet.py: shortcut = self.shortcut(x), not of BN-ReLU(x).
+    network = models.preact_resnet18(width=4)
+    for stage in (2, 3, 4):
+        shortcut = network.get_layer(f"stage{stage}_block1_shortcut")
+        block_input = network.get_layer(f"stage{stage - 1}_block2_add").output
+        assert shortcut.input is block_input, stage
+        assert shortcut.input is not network.get_layer(f"stage{stage}_block1_relu1").output
+
+
+def test_wide_resnet_projects_the_activated_block_input():
+    # The TRADES wideresnet.py: convShortcut(x) after x = relu1(bn1(x)).
+    network = models.wide_resnet34_10(depth=10, widen_factor=2)
+    for stage in (1, 2, 3):
+        shortcut = network.get_layer(f"stage{stage}_block1_shortcut")
+        assert shortcut.input is network.get_layer(f"stage{stage}_block1_relu1").output, stage
+
+
+def fans(kernel):
+    """(fan_in, fan_out) as PyTorch and Keras count them: channels times kernel area."""
+    receptive = int(np.prod(kernel.shape[:-2])) if kernel.ndim == 4 else 1
+    return kernel.shape[-2] * receptive, kernel.shape[-1] * receptive
+
+
+def assert_uniform(values, bound, what):
+    values = np.ravel(values)
+    assert np.abs(values).max() <= bound * (1 + 1e-6), what
+    # U(-b, b) has variance b^2 / 3; a sample variance has relative std sqrt(0.8 / n).
+    assert values.var() == pytest.approx(bound**2 / 3, rel=5 * np.sqrt(0.8 / values.size)), what
+
+
+def assert_untruncated_normal(values, std, what):
+    values = np.ravel(values)
+    assert abs(values.mean()) < 5 * std / np.sqrt(values.size), what
+    assert values.var() == pytest.approx(std**2, rel=5 * np.sqrt(2 / values.size)), what
+    if values.size > 2000:
+        # Keras' truncated normals stop at 2.3 std; PyTorch's normal_ does not.
+        assert np.abs(values).max() > 2.5 * std, what
+
+
+PYTORCH_INITS = {
+    # network: (convolution kernels, dense bias), per the reference code.
+    "mnist_cnn": ("default", "default"),
+    "preact_resnet18": ("default", "default"),
+    "wide_resnet34_10": ("kaiming_normal_fan_out", "zeros"),
+    "resnet50": ("kaiming_normal_fan_out", "default"),
+}
+
+
+def assert_pytorch_initialization(network, name):
+    convolutions, dense_bias = PYTORCH_INITS[name]
+    checked = set()
+    for layer in network.layers:
+        if isinstance(layer, layers.Conv2D):
+            fan_in, fan_out = fans(layer.kernel.numpy())
+            if convolutions == "default":
+                # kaiming_uniform(a=sqrt(5)) = U(+-1/sqrt(fan_in)).
+                assert_uniform(layer.kernel.numpy(), 1 / np.sqrt(fan_in), layer.name)
+            else:
+                assert_untruncated_normal(layer.kernel.numpy(), np.sqrt(2 / fan_out), layer.name)
+            if layer.use_bias:
+                assert_uniform(layer.bias.numpy(), 1 / np.sqrt(fan_in), layer.name)
+            checked.add("convolution")
+        elif isinstance(layer, layers.Dense):
+            fan_in, _ = fans(layer.kernel.numpy())
+            assert_uniform(layer.kernel.numpy(), 1 / np.sqrt(fan_in), layer.name)
+            if dense_bias == "zeros":
+                np.testing.assert_array_equal(layer.bias.numpy(), 0.0)
+            else:
+                assert_uniform(layer.bias.numpy(), 1 / np.sqrt(fan_in), layer.name)
+            checked.add("dense")
+        elif isinstance(layer, layers.BatchNormalization):
+            np.testing.assert_array_equal(layer.gamma.numpy(), 1.0)
+            np.testing.assert_array_equal(layer.beta.numpy(), 0.0)
+            checked.add("batch_norm")
+    assert {"convolution", "dense"} <= checked
+
+
+@pytest.mark.parametrize(
+    "name, input_shape, width",
+    [
+        ("mnist_cnn", (28, 28, 1), None),
+        ("preact_resnet18", (32, 32, 3), 8),
+        ("wide_resnet34_10", (32, 32, 3), 2),
+        ("resnet50", (32, 32, 3), 4),
+    ],
+)
+def test_pytorch_init_draws_every_layer_like_the_reference_network(name, input_shape, width):
+    keras.utils.set_random_seed(0)
+    network = models.get_model(name, input_shape, 10, width=width, init="pytorch")
+    assert_pytorch_initialization(network, name)
+
+
+def test_init_reaches_the_network_through_the_config_and_keras_stays_the_default():
+    from deat_tf import cli, train
+    from deat_tf import config as config_lib
+
+    recipe = config_lib.TrainConfig(model="preact_resnet18", model_width=8, dataset="mnist_sample")
+    assert recipe.init == "keras"
+    input_spec, steps = train.input_plan(recipe)
+    default = train.build_model(recipe, input_spec, steps).network
+    stem = default.get_layer("stem_conv").kernel.numpy()
+    # Keras' He normal: variance 2 / fan_in, six times PyTorch's 1 / (3 fan_in).
+    assert stem.var() == pytest.approx(2 / fans(stem)[0], rel=0.5)
+    changed = config_lib.replace(recipe, init=cli.parse_value("init", "pytorch"))
+    network = train.build_model(changed, input_spec, steps).network
+    assert_pytorch_initialization(network, "preact_resnet18")
+    with pytest.raises(ValueError, match="init must be one of keras, pytorch; got 'torch'"):
+        models.get_model("mnist_cnn", (28, 28, 1), 10, init="torch")

@@ -358,6 +358,7 @@ def test_script_exits_with_status_1_and_one_line(tmp_path):
     [
         "cifar10_pgd7",
         "cifar10_free8",
+        "cifar10_free8_carried",
         "cifar10_mplus_pgd",
         "cifar10_mplus_trades",
         "cifar10_mplus_mart",
