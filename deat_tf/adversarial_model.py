@@ -302,7 +302,26 @@ class AdversarialModel(keras.Model):
         ]
 
     def _results(self):
-        return {metric.name: metric.result() for metric in self.metrics}
+        results = {metric.name: metric.result() for metric in self.metrics}
+        if distribute.is_multi_worker(self.distribute_strategy):
+            # Keras averages a step's logs over workers along axis 0, which a
+            # scalar lacks (keras-team/keras#20585); the values are equal on
+            # every worker, so a 1-vector averages to the same scalar.
+            results = {name: tf.reshape(value, [1]) for name, value in results.items()}
+        return results
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        if iterator is not None and distribute.is_multi_worker(self.distribute_strategy):
+            # Keras builds from a first batch averaged over workers, which fails
+            # for per-replica values under MultiWorkerMirroredStrategy
+            # (keras-team/keras#20585); the build needs only one replica's shapes.
+            for _, _, batches in iterator:
+                data_batch = distribute.first_replica_values(
+                    self.distribute_strategy, next(batches)
+                )
+                break
+            iterator = None
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     def evaluate(self, *args, **kwargs):
         previous = self._in_evaluation

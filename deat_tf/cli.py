@@ -25,6 +25,8 @@ from deat_tf import config as config_lib
 
 TRAIN_PROGRAM = "bin/train"
 EVALUATE_PROGRAM = "bin/evaluate"
+# Evaluation runs on one machine; a cluster's workers would each attack every example.
+EVALUATE_STRATEGIES = ("auto", "mirrored", "one_device")
 
 # Under the cascade each attack runs on the survivors of the ones listed
 # before it, so the presets list the larger PGD budget first and FGSM last:
@@ -359,7 +361,8 @@ def define_evaluate_flags(flag_values):
     flags.DEFINE_string(
         "strategy",
         "auto",
-        "auto (MirroredStrategy when several GPUs are visible), mirrored or one_device.",
+        "auto (MirroredStrategy when several GPUs are visible), mirrored or one_device "
+        "(bin/evaluate runs on one machine).",
         flag_values=flag_values,
     )
     flags.DEFINE_bool(
@@ -449,6 +452,7 @@ def evaluate(flag_values, program=EVALUATE_PROGRAM, stdout=None, stderr=None):
             cascade=flag_values.cascade,
         )
         output = _check_output_path(flag_values.output)
+        checks.check_choice(flag_values.strategy, EVALUATE_STRATEGIES, "strategy")
         strategy = distribute.make_strategy(flag_values.strategy)
         model = evaluation.load_classifier(settings["model"], strategy)
         data = evaluation.load_data(

@@ -106,7 +106,8 @@ class TrainConfig:
             the clean training accuracy is measured each epoch (0: skip).
 
     Runtime:
-        strategy: auto (MirroredStrategy if several GPUs), mirrored or one_device.
+        strategy: auto (MirroredStrategy if several GPUs), mirrored, one_device or
+            multi_worker (every machine of a TF_CONFIG or Slurm cluster).
         jit_compile: XLA-compile the train and test steps (Keras compile(jit_compile=True)).
         precision: float32, mixed_float16 (with dynamic loss scaling) or
             mixed_bfloat16: the Keras dtype policy of the network; logits,

@@ -1,10 +1,19 @@
-"""Distribution strategies by name, as `bin/train` and `bin/evaluate` choose them."""
+"""Distribution strategies by name, as `bin/train` and `bin/evaluate` choose them.
+
+Several machines use TensorFlow's own engine, `MultiWorkerMirroredStrategy`,
+with the cluster from the `TF_CONFIG` environment variable, or from Slurm's
+variables when a job step runs under `srun` without `TF_CONFIG`. Every worker
+runs the same command; the chief (task 0) writes the run's outputs.
+"""
+
+import json
+import os
 
 import tensorflow as tf
 
 from deat_tf import checks, models
 
-STRATEGIES = ("auto", "mirrored", "one_device")
+STRATEGIES = ("auto", "mirrored", "one_device", "multi_worker")
 
 
 def make_strategy(name="auto"):
@@ -13,16 +22,21 @@ def make_strategy(name="auto"):
     Args:
         name: "auto" (MirroredStrategy over all local GPUs when there are
             several, else the default strategy), "mirrored" (all local GPUs,
-            or all logical CPUs when there is no GPU) or "one_device" (the
-            first GPU, else the CPU).
+            or all logical CPUs when there is no GPU), "one_device" (the
+            first GPU, else the CPU) or "multi_worker" (all GPUs, else the
+            CPU, of every machine of the cluster; see the module docstring).
 
     Returns:
         A `tf.distribute.Strategy`.
 
     Raises:
-        ValueError: For an unknown name.
+        ValueError: For an unknown name, or multi_worker without a cluster.
     """
     checks.check_choice(name, STRATEGIES, "strategy")
+    if name == "multi_worker":
+        # Before anything else touches the devices: the collective runtime is
+        # configured when the strategy is created.
+        return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=_cluster_resolver())
     gpus = [device.name for device in tf.config.list_logical_devices("GPU")]
     if name == "auto":
         return (
@@ -32,6 +46,131 @@ def make_strategy(name="auto"):
         devices = gpus or [device.name for device in tf.config.list_logical_devices("CPU")]
         return mirrored_strategy(devices)
     return tf.distribute.OneDeviceStrategy(gpus[0] if gpus else "/cpu:0")
+
+
+def _cluster_resolver():
+    if os.environ.get("TF_CONFIG"):
+        try:
+            cluster = json.loads(os.environ["TF_CONFIG"])["cluster"]
+        except (ValueError, KeyError, TypeError):
+            raise ValueError(
+                "strategy multi_worker: TF_CONFIG must be JSON with a 'cluster' and a 'task', e.g. "
+                '{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
+                '"task": {"type": "worker", "index": 0}}.'
+            ) from None
+        if not cluster:
+            raise ValueError("strategy multi_worker: TF_CONFIG's cluster is empty.")
+        return tf.distribute.cluster_resolver.TFConfigClusterResolver()
+    if os.environ.get("SLURM_PROCID") is not None and os.environ.get("SLURM_STEP_NODELIST"):
+        return tf.distribute.cluster_resolver.SlurmClusterResolver()
+    raise ValueError(
+        "strategy multi_worker needs the cluster: set TF_CONFIG on every worker (see README, "
+        "'Several machines') or run the workers as one Slurm job step with srun."
+    )
+
+
+def is_multi_worker(strategy):
+    """Whether the strategy spans several workers' processes."""
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+
+
+def first_replica_values(strategy, structure):
+    """The structure with every per-replica value replaced by this worker's first replica's."""
+
+    def first(value):
+        if isinstance(value, tf.distribute.DistributedValues):
+            return strategy.experimental_local_results(value)[0]
+        return value
+
+    return tf.nest.map_structure(first, structure)
+
+
+def is_chief(strategy):
+    """Whether this process writes the run's outputs (always, but for non-chief workers)."""
+    return bool(strategy.extended.should_checkpoint)
+
+
+def worker_count(strategy):
+    """How many processes (machines) train together: the cluster's workers, else 1."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if not is_multi_worker(strategy) or resolver is None:
+        return 1
+    cluster = resolver.cluster_spec().as_dict()
+    return sum(len(cluster.get(job, ())) for job in ("chief", "worker")) or 1
+
+
+def check_workers_agree(strategy, value, what):
+    """Raises unless every worker of a cluster holds the same integer `value`.
+
+    Workers decide from the workdir whether a run is new, resumed or finished,
+    and where it resumes; a workdir that only the chief can read (a local
+    disk) would let the others start over while it resumes.
+
+    Args:
+        strategy: The distribution strategy (others than multi-worker pass).
+        value: This worker's integer.
+        what: What the value means, for the message.
+
+    Raises:
+        ValueError: If the workers disagree.
+    """
+    if not is_multi_worker(strategy):
+        return
+    local = strategy.run(lambda: tf.constant([value], tf.int64))
+    values = sorted(set(strategy.gather(local, axis=0).numpy().tolist()))
+    if len(values) > 1:
+        raise ValueError(
+            f"strategy multi_worker: the workers disagree on {what} ({values}); the workdir "
+            "must be one folder that every worker reads (a shared filesystem or gs://)."
+        )
+
+
+def training_input(strategy, dataset, global_batch_size):
+    """The training dataset as a multi-worker strategy should read it; others unchanged.
+
+    Each worker reads every global batch and keeps its own contiguous slice,
+    split into its replicas' batches, so replica i trains on examples
+    [i * b, (i + 1) * b) of each global batch, as under MirroredStrategy or on
+    one device: with the random starts drawn for the global batch and sliced
+    by replica, N workers train on exactly the batches and starts one process
+    would. TensorFlow's automatic sharding would instead give each worker
+    every N-th example. Reading every batch costs little for in-memory data;
+    for streamed files (ImageNet) it multiplies the reading by N.
+
+    Args:
+        strategy: The distribution strategy.
+        dataset: Dataset of global batches (images, labels).
+        global_batch_size: Examples per global batch.
+
+    Returns:
+        The dataset, or a distributed dataset for `Model.fit`.
+    """
+    if not is_multi_worker(strategy):
+        return dataset
+    replicas = strategy.num_replicas_in_sync
+
+    def dataset_fn(context):
+        local_replicas = replicas // context.num_input_pipelines
+        per_replica = context.get_per_replica_batch_size(global_batch_size)
+        first = context.input_pipeline_id * local_replicas * per_replica
+
+        def local_batches(images, labels):
+            images = images[first : first + local_replicas * per_replica]
+            labels = labels[first : first + local_replicas * per_replica]
+            return tf.data.Dataset.from_tensor_slices(
+                (
+                    tf.reshape(
+                        images, tf.concat([[local_replicas, per_replica], tf.shape(images)[1:]], 0)
+                    ),
+                    tf.reshape(labels, [local_replicas, per_replica]),
+                )
+            )
+
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+        return dataset.flat_map(local_batches).with_options(options)
+
+    return strategy.distribute_datasets_from_function(dataset_fn)
 
 
 def mirrored_strategy(devices):

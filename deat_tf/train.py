@@ -36,6 +36,7 @@ import math
 import os
 import shutil
 import sys
+import tempfile
 import time
 
 import keras
@@ -213,13 +214,18 @@ def prepare(config, workdir, restart=False):
         ValueError: For bad input, naming the setting and what it accepts.
     """
     workdir, mode = workdir_lib.check_workdir(workdir, config.to_dict(), restart)
+    if mode == "finished" and config.strategy != "multi_worker":
+        return Run(config, workdir, mode)
+    strategy = distribute.make_strategy(config.strategy)
+    distribute.check_workers_agree(
+        strategy, workdir_lib.MODES.index(mode), "whether the workdir's run is new or done"
+    )
     if mode == "finished":
         return Run(config, workdir, mode)
     if config.deterministic:
         # Bit-identical reruns and resumes need deterministic kernels too, not
         # only a fixed input order (the same as TF_DETERMINISTIC_OPS=1).
         tf.config.experimental.enable_op_determinism()
-    strategy = distribute.make_strategy(config.strategy)
     replicas = strategy.num_replicas_in_sync
     checks.check_count(config.batch_size, "batch_size", 1)
     if config.batch_size % replicas:
@@ -376,6 +382,7 @@ def _run_facts(run):
         "steps_per_epoch": run.steps_per_epoch,
         "global_batch_size": config.batch_size,
         "replicas": strategy.num_replicas_in_sync,
+        "workers": distribute.worker_count(strategy),
         "per_replica_batch_size": config.batch_size // strategy.num_replicas_in_sync,
         "devices": distribute.device_names(strategy),
         "model": config.model,
@@ -413,23 +420,30 @@ def _execute(run):
         )
         return stored
     count_name = methods.get(config.method).count_symbol
-    if run.mode == "restart":
+    chief = distribute.is_chief(run.strategy)
+    # Every worker of a cluster saves (checkpoints may need all of them), but only
+    # the chief into the workdir: the others write to a folder of their own that
+    # is deleted at the end, as Keras' multi-worker guide does.
+    outputs = workdir if chief else tempfile.mkdtemp(prefix="deat_tf_worker_")
+    if run.mode == "restart" and chief:
         workdir_lib.clear_run(workdir)
-    created = workdir_lib.create_workdir(workdir)
+    created = workdir_lib.create_workdir(workdir) if chief else None
     state = workdir_lib.RunState()
-    checkpoints = _checkpoints(run, state)
+    checkpoints = _checkpoints(run, state, outputs)
     initial_epoch = 0
     if run.mode == "resume" and checkpoints.restore_latest(warn=_warn):
         initial_epoch = state.epochs_done
         state.resumed_at.append(initial_epoch)
-        workdir_lib.complete_tensorboard(os.path.join(workdir, "tensorboard"), state.records)
-        print(f"deat_tf: resuming {workdir} after epoch {initial_epoch}.", flush=True)
+    distribute.check_workers_agree(run.strategy, initial_epoch, "the epoch the run resumes after")
+    if initial_epoch:
+        workdir_lib.complete_tensorboard(os.path.join(outputs, "tensorboard"), state.records)
+        _say(chief, f"deat_tf: resuming {workdir} after epoch {initial_epoch}.")
     summary = workdir_lib.RunSummary(
-        os.path.join(workdir, "summary.json"), _run_facts(run), config.epochs, count_name, state
+        os.path.join(outputs, "summary.json"), _run_facts(run), config.epochs, count_name, state
     )
     try:
-        workdir_lib.write_json(os.path.join(workdir, "config.json"), config.to_dict())
-        os.makedirs(os.path.join(workdir, "checkpoints"), exist_ok=True)
+        workdir_lib.write_json(os.path.join(outputs, "config.json"), config.to_dict())
+        os.makedirs(os.path.join(outputs, "checkpoints"), exist_ok=True)
         summary.write()
     except BaseException:
         # Nothing has trained yet: leave no partial workdir behind.
@@ -443,7 +457,9 @@ def _execute(run):
             pipelines.train_evaluation,
         )
     non_finite = guards.NonFiniteGuard(warn=_warn)
-    recorder = workdir_lib.RunRecorder(checkpoints, state, summary, pipelines.spec.num_classes)
+    recorder = workdir_lib.RunRecorder(
+        checkpoints, state, summary, pipelines.spec.num_classes, verbose=chief
+    )
     collapse = guards.CollapseGuard(
         state.records, pipelines.spec.num_classes, stop=config.stop_on_collapse, warn=_warn
     )
@@ -456,21 +472,23 @@ def _execute(run):
         recorder,
         collapse,
         keras.callbacks.TensorBoard(
-            log_dir=os.path.join(workdir, "tensorboard"), write_graph=False, update_freq="epoch"
+            log_dir=os.path.join(outputs, "tensorboard"), write_graph=False, update_freq="epoch"
         ),
     ]
-    print(
+    _say(
+        chief,
         f"deat_tf: {config.method} on {config.dataset} ({pipelines.train_examples} train / "
         f"{pipelines.validation_examples} validation examples), {config.model}, "
         f"epsilon {config.epsilon:.4g}, {config.epochs} epochs x {run.steps_per_epoch} "
         f"minibatches of {config.batch_size} on {run.strategy.num_replicas_in_sync} "
         f"replica(s); workdir {workdir}",
-        flush=True,
     )
     try:
         if initial_epoch < config.epochs:
             model.fit(
-                pipelines.training(initial_epoch),
+                distribute.training_input(
+                    run.strategy, pipelines.training(initial_epoch), config.batch_size
+                ),
                 initial_epoch=initial_epoch,
                 epochs=config.epochs,
                 steps_per_epoch=run.steps_per_epoch,
@@ -493,7 +511,8 @@ def _execute(run):
                 )
                 + "; lower the learning rate or check the data, then start over (restart)."
             )
-        _finish(run, summary, state, checkpoints)
+        if chief:
+            _finish(run, summary, state, checkpoints)
         summary.status = f"stopped: {collapse.reason}" if collapse.reason else workdir_lib.FINISHED
     except workdir_lib.WriteFailed as error:
         summary.status = f"failed: {error}"
@@ -507,6 +526,10 @@ def _execute(run):
     finally:
         with contextlib.suppress(OSError):
             summary.write()
+        if not chief:
+            shutil.rmtree(outputs, ignore_errors=True)
+    if not chief:
+        return summary.summary()
     print(summary.table())
     for name, result in summary.extra.get("test", {}).items():
         print(
@@ -525,8 +548,18 @@ def _warn(line):
     print(line, file=sys.stderr, flush=True)
 
 
-def _checkpoints(run, state):
-    """The run's `Checkpoints`, with every variable they restore already created."""
+def _say(chief, line):
+    """Prints a line of the run's progress; only the chief of a cluster speaks."""
+    if chief:
+        print(line, flush=True)
+
+
+def _checkpoints(run, state, outputs):
+    """The run's `Checkpoints`, with every variable they restore already created.
+
+    They save into `outputs` and restore from the workdir, which differ on the
+    workers of a cluster that are not the chief.
+    """
     model = run.model
     extra = {}
     with run.strategy.scope():
@@ -537,7 +570,13 @@ def _checkpoints(run, state):
                 run.config.batch_size, run.pipelines.spec.image_shape
             )
             extra["carried_perturbation"] = model.carried_perturbation
-    return workdir_lib.Checkpoints(os.path.join(run.workdir, "checkpoints"), model, state, extra)
+    return workdir_lib.Checkpoints(
+        os.path.join(outputs, "checkpoints"),
+        model,
+        state,
+        extra,
+        restore_directory=os.path.join(run.workdir, "checkpoints"),
+    )
 
 
 def _finish(run, summary, state, checkpoints):
@@ -590,7 +629,9 @@ def _evaluate_test(network, data, config, run):
         step_size=config.test_step_size,
         seed=config.seed,
         batch_size=config.evaluation_batch_size or config.batch_size,
-        strategy=run.strategy,
+        # Only the chief of a cluster evaluates: on its own devices, since the
+        # other workers do not join this evaluation's all-reduces.
+        strategy=None if distribute.is_multi_worker(run.strategy) else run.strategy,
     )
     result = {
         "examples": report["examples"],

@@ -53,6 +53,7 @@ EPOCH_FIELDS = (
 CHANCE_LEVEL_FACTOR = 1.5
 RUNTIME_FIELDS = ("progress_bar", "data_dir", "manual_dir", "download", "stop_on_collapse")
 FINISHED = "finished"
+MODES = ("new", "resume", "restart", "finished")
 
 
 def check_workdir(workdir, settings=None, restart=False):
@@ -69,7 +70,7 @@ def check_workdir(workdir, settings=None, restart=False):
         restart: Start over in a folder that holds an earlier run.
 
     Returns:
-        (absolute path, mode): mode is "new", "resume", "finished" or "restart".
+        (absolute path, mode): mode is one of `MODES`.
 
     Raises:
         ValueError: If the folder cannot be used: not a folder, not writable,
@@ -291,16 +292,19 @@ class Checkpoints:
     where the best epoch is chosen on two (robust, then clean accuracy).
 
     Args:
-        directory: The workdir's checkpoints folder.
+        directory: The folder receiving last/ and best/.
         model: The `AdversarialModel` (compiled, optimizer built).
         state: The `RunState`.
         extra: Other trackables to save, by name (e.g. the carried perturbation).
+        restore_directory: Where `restore_latest` looks (default `directory`): a
+            worker that is not the chief saves apart but resumes from the chief's.
     """
 
-    def __init__(self, directory, model, state, extra=None):
+    def __init__(self, directory, model, state, extra=None, restore_directory=None):
         self.checkpoint = tf.train.Checkpoint(
             model=model, optimizer=model.optimizer, run=state, **(extra or {})
         )
+        self.restore_directory = os.path.join(restore_directory or directory, "last")
         self.last = tf.train.CheckpointManager(
             self.checkpoint, os.path.join(directory, "last"), max_to_keep=2
         )
@@ -317,7 +321,11 @@ class Checkpoints:
         Raises:
             ValueError: If checkpoints exist and none of them can be read.
         """
-        paths = list(reversed(self.last.checkpoints))
+        if self.restore_directory == self.last.directory:
+            paths = list(reversed(self.last.checkpoints))
+        else:
+            state = tf.train.get_checkpoint_state(self.restore_directory)
+            paths = list(reversed(state.all_model_checkpoint_paths)) if state else []
         for index, path in enumerate(paths):
             try:
                 self.checkpoint.restore(path).assert_existing_objects_matched()
@@ -372,13 +380,15 @@ class RunRecorder(keras.callbacks.Callback):
         state: Its `RunState`.
         summary: Its `RunSummary`.
         num_classes: Number of classes (sets the chance level).
+        verbose: Print one line per epoch.
     """
 
-    def __init__(self, checkpoints, state, summary, num_classes):
+    def __init__(self, checkpoints, state, summary, num_classes, verbose=True):
         super().__init__()
         self.checkpoints = checkpoints
         self.state = state
         self.summary = summary
+        self.verbose = verbose
         self.chance_level = CHANCE_LEVEL_FACTOR / max(int(num_classes), 1)
         self.skipped_epoch = None
 
@@ -413,7 +423,8 @@ class RunRecorder(keras.callbacks.Callback):
             self.summary.write()
         except (OSError, tf.errors.OpError) as error:
             raise WriteFailed(self.summary.path, self.state, error) from error
-        print(self.summary.epoch_line(record), flush=True)
+        if self.verbose:
+            print(self.summary.epoch_line(record), flush=True)
 
 
 def _finite_state(record, model):

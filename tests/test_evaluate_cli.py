@@ -225,6 +225,7 @@ def test_installed_command_bad_input_is_one_line_and_exit_status_1(workdir):
         (["--epsilon=abc"], "flag --epsilon=abc: must be a number (e.g. 0.03 or 8/255)"),
         (["--dataset="], "--dataset is required"),
         (["--strategy=tpu"], "strategy must be one of auto, mirrored, one_device"),
+        (["--strategy=multi_worker"], "strategy must be one of auto, mirrored, one_device; got"),
     ],
 )
 def test_bad_input_fails_before_any_work(workdir, capsys, arguments, message):
