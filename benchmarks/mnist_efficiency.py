@@ -182,9 +182,14 @@ def describe_pgd_early_stop(tau):
     """What the PGD baselines' attack does with early stop tau, for the JSON."""
     if tau is None:
         return "every example takes all K steps (--pgd_steps_after_misclassified=none)."
+    if tau == 0:
+        return (
+            "an example stops moving at its first misclassified iterate, the random start "
+            "included (steps_after_misclassified=0), as in Wong et al.'s MNIST PGD training."
+        )
     return (
         f"an example stops moving once it has been misclassified at more than {tau} of its "
-        f"iterates (steps_after_misclassified={tau}; 0 is Wong et al.'s MNIST PGD training)."
+        f"iterates (steps_after_misclassified={tau}, friendly adversarial training's tau)."
     )
 
 
