@@ -93,6 +93,11 @@ class AdversarialModel(keras.Model):
             a cross-replica synchronisation point). Training itself is the same
             under both; only the moving statistics, hence the inference-mode
             network, differ (README.md, "Design decisions that change results").
+        steps_after_misclassified: pgd, trades, mart only. None: every example
+            takes all K attack steps. tau >= 0: an example stops moving once it
+            has been misclassified at more than tau of its iterates (0: Wong et
+            al.'s MNIST PGD training; tau > 0: friendly adversarial training);
+            see `attacks.pgd_loop`.
         **kwargs: Passed to `keras.Model` (e.g. name).
     """
 
@@ -114,6 +119,7 @@ class AdversarialModel(keras.Model):
         beta=6.0,
         seed=0,
         attack_batch_norm="stateless",
+        steps_after_misclassified=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -156,6 +162,9 @@ class AdversarialModel(keras.Model):
         )
         distribute.check_attack_batch_norm(
             network, self._method.family, self.attack_batch_norm, tf.distribute.get_strategy()
+        )
+        self.steps_after_misclassified = methods.check_steps_after_misclassified(
+            steps_after_misclassified, self.method
         )
         self.network = network
 
@@ -608,7 +617,15 @@ class AdversarialModel(keras.Model):
             loss_fn = self._cross_entropy_forward(y, sample_weight)
         start = self._random_start(x)
         x_adv = attacks.pgd_loop(
-            attack_logits, x, labels, start, self.epsilon, step_size, steps, attack_loss
+            attack_logits,
+            x,
+            labels,
+            start,
+            self.epsilon,
+            step_size,
+            steps,
+            attack_loss,
+            self.steps_after_misclassified,
         )
         x_adv = tf.stop_gradient(x_adv)
         return steps, self._update(_identity, x_adv, loss_fn, True)
@@ -738,6 +755,7 @@ class AdversarialModel(keras.Model):
             "beta": self.beta,
             "seed": self.seed,
             "attack_batch_norm": self.attack_batch_norm,
+            "steps_after_misclassified": self.steps_after_misclassified,
         }
 
     @classmethod

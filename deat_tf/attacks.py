@@ -248,11 +248,34 @@ def select(condition, new, old):
 # ---------------------------------------------------------------------- loops
 
 
-def pgd_loop(logits_fn, x, labels, x_start, epsilon, step_size, steps, loss="ce"):
+def pgd_loop(
+    logits_fn,
+    x,
+    labels,
+    x_start,
+    epsilon,
+    step_size,
+    steps,
+    loss="ce",
+    steps_after_misclassified=None,
+):
     """Runs `steps` projected signed-gradient steps from `x_start`; returns the last iterate.
 
     This is the attack of adversarial training (PGD-AT, TRADES, MART), which
     trains on the final iterate.
+
+    With `steps_after_misclassified` = tau, an example stops moving once it has
+    been misclassified at more than tau of its iterates: before each step, the
+    forward that gives the step's gradient also says which examples are
+    misclassified at their current iterate (the start included); an example
+    takes the step if it is classified correctly there or if this is at most
+    its tau-th misclassified iterate. tau = 0 is the PGD training of Wong et
+    al.'s MNIST code (only correctly classified examples step), tau > 0 the
+    early-stopped PGD of friendly adversarial training (Zhang et al. 2020).
+    The check is made at every step, so an example whose classification
+    depends on the others' iterates (batch statistics) may step again, as in
+    Wong et al.'s code. The last iterate is returned unchecked, and every
+    step still runs the whole batch: stopping saves no computation.
 
     Args:
         logits_fn: Callable mapping images to logits.
@@ -263,6 +286,8 @@ def pgd_loop(logits_fn, x, labels, x_start, epsilon, step_size, steps, loss="ce"
         step_size: Step size alpha.
         steps: Number of steps: a Python int, a tensor or a variable.
         loss: "ce", "cw" or a callable (logits, labels) -> losses [batch].
+        steps_after_misclassified: tau, an int >= 0 (Python or tensor), or
+            None for every example to take every step.
 
     Returns:
         The final iterate.
@@ -270,12 +295,32 @@ def pgd_loop(logits_fn, x, labels, x_start, epsilon, step_size, steps, loss="ce"
     steps = tf.cast(steps, tf.int32)
     labels = tf.cast(tf.reshape(labels, [-1]), tf.int32)
 
-    def body(step, x_adv):
-        _, _, gradient = loss_and_gradient(logits_fn, x_adv, labels, loss)
-        return step + 1, project(signed_step(x_adv, gradient, step_size), x, epsilon)
+    if steps_after_misclassified is None:
 
-    _, x_adv = tf.while_loop(
-        lambda step, _: step < steps, body, [tf.constant(0), x_start], parallel_iterations=1
+        def body(step, x_adv):
+            _, _, gradient = loss_and_gradient(logits_fn, x_adv, labels, loss)
+            return step + 1, project(signed_step(x_adv, gradient, step_size), x, epsilon)
+
+        _, x_adv = tf.while_loop(
+            lambda step, _: step < steps, body, [tf.constant(0), x_start], parallel_iterations=1
+        )
+        return x_adv
+
+    allowance = tf.cast(steps_after_misclassified, tf.int32)
+
+    def stopping_body(step, x_adv, misclassified_iterates):
+        logits, _, gradient = loss_and_gradient(logits_fn, x_adv, labels, loss)
+        wrong = misclassified(logits, labels)
+        misclassified_iterates += tf.cast(wrong, tf.int32)
+        moving = tf.logical_or(tf.logical_not(wrong), misclassified_iterates <= allowance)
+        stepped = project(signed_step(x_adv, gradient, step_size), x, epsilon)
+        return step + 1, select(moving, stepped, x_adv), misclassified_iterates
+
+    _, x_adv, _ = tf.while_loop(
+        lambda step, *_: step < steps,
+        stopping_body,
+        [tf.constant(0), x_start, tf.zeros([tf.shape(x)[0]], tf.int32)],
+        parallel_iterations=1,
     )
     return x_adv
 

@@ -75,6 +75,10 @@ class TrainConfig:
         attack_batch_norm: stateless (attack forwards leave BatchNorm's moving
             statistics alone) or update (they update them, as PyTorch does;
             one device only).
+        steps_after_misclassified: pgd, trades, mart: None (every example
+            takes all K attack steps) or tau >= 0: an example stops once it has
+            been misclassified at more than tau iterates (0: Wong et al.'s MNIST
+            PGD training; tau > 0: friendly adversarial training).
 
     Optimisation:
         epochs: Number of epochs.
@@ -147,6 +151,7 @@ class TrainConfig:
     period: int = 3
     accuracy_threshold: float = 0.4
     attack_batch_norm: str = "stateless"
+    steps_after_misclassified: int | None = None
 
     epochs: int = 10
     batch_size: int = 128
@@ -181,6 +186,7 @@ class TrainConfig:
             object.__setattr__(self, field.name, _check_type(field.name, getattr(self, field.name)))
         methods.check_scheduler(self.scheduler, self.method)
         methods.check_carry(self.carry_perturbation, self.method)
+        methods.check_steps_after_misclassified(self.steps_after_misclassified, self.method)
 
     def to_dict(self):
         """The configuration as a JSON-ready dict (tuples become lists)."""

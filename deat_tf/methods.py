@@ -134,6 +134,8 @@ METHODS = {row.name: row for row in _ROWS}
 NAMES = tuple(METHODS)
 SCHEDULED = tuple(name for name, row in METHODS.items() if row.schedulable)
 REPLAYING = tuple(name for name, row in METHODS.items() if row.replays)
+# Methods with a K-step attack loop (the ones an early stop applies to).
+ATTACKING = tuple(name for name, row in METHODS.items() if row.family == "attack_then_update")
 
 
 def get(name):
@@ -183,3 +185,30 @@ def check_carry(carry_perturbation, method):
             f"carry_perturbation applies to methods {', '.join(REPLAYING)} only, "
             f"not method {method}."
         )
+
+
+def check_steps_after_misclassified(steps_after_misclassified, method):
+    """Validates the early stop of a training attack (tau of `attacks.pgd_loop`).
+
+    Args:
+        steps_after_misclassified: None (every example takes every step), or
+            the number tau >= 0 of misclassified iterates from which an example
+            still steps (0: it stops at its first misclassified iterate).
+        method: The method name.
+
+    Returns:
+        None, or tau as an int.
+
+    Raises:
+        ValueError: If tau is not an integer >= 0, or is given for a method
+            without a K-step attack (only the attack-then-update family has one).
+    """
+    if steps_after_misclassified is None:
+        return None
+    tau = checks.check_count(steps_after_misclassified, "steps_after_misclassified", 0)
+    if get(method).name not in ATTACKING:
+        raise ValueError(
+            f"steps_after_misclassified applies to methods {', '.join(ATTACKING)} only "
+            f"(their K-step attack), not method {method}; leave it None."
+        )
+    return tau

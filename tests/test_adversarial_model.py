@@ -107,17 +107,26 @@ def test_changing_the_replay_count_takes_effect_in_the_next_epoch():
 
 
 @pytest.mark.numerics
-@pytest.mark.parametrize("method", ["pgd", "trades", "mart"])
-def test_a_changed_k_reaches_the_attack_loop_without_retracing(method):
+@pytest.mark.parametrize(
+    "method, tau", [("pgd", None), ("trades", None), ("mart", None), ("pgd", 0), ("trades", 1)]
+)
+def test_a_changed_k_reaches_the_attack_loop_without_retracing(method, tau):
     x, y = toy_data(1, batch_size=16, seed=6)
+
+    def make(steps):
+        network = counting_network(seed=9)
+        return make_model(
+            method, network=network, attack_steps=steps, steps_after_misclassified=tau
+        )
+
     models_by_steps = {}
     for steps in (1, 3):
-        model = make_model(method, attack_steps=steps, network=counting_network(seed=9))
+        model = make(steps)
         model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
         models_by_steps[steps] = model
     # Trained with K = 1 for a minibatch, then K = 3: the second minibatch must
     # give what a model built with K = 3 gives from the same weights.
-    changed = make_model(method, attack_steps=1, network=counting_network(seed=9))
+    changed = make(1)
     traces = []
     train_step = changed.train_step
 
@@ -129,7 +138,7 @@ def test_a_changed_k_reaches_the_attack_loop_without_retracing(method):
     changed.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
     tracing = len(traces)
     changed.attack_steps = 3
-    reference = make_model(method, attack_steps=3, network=counting_network(seed=9))
+    reference = make(3)
     reference.network.set_weights(changed.network.get_weights())
     reference.optimizer.build(reference.trainable_variables)
     reference._minibatch_counter.assign(1)  # the same random start as the changed model's
@@ -271,7 +280,8 @@ def test_deat_replays_and_grad_magnitude_match_a_hand_computation():
 
 
 @pytest.mark.numerics
-def test_pgd_trains_on_the_final_iterate_and_measures_its_gradient():
+@pytest.mark.parametrize("steps_after_misclassified", [None, 0])
+def test_pgd_trains_on_the_final_iterate_and_measures_its_gradient(steps_after_misclassified):
     x, y = toy_data(1, batch_size=16, seed=5)
     epsilon, step_size, learning_rate = 0.1, 0.03, 0.5
     model, reference = model_and_reference(
@@ -282,12 +292,18 @@ def test_pgd_trains_on_the_final_iterate_and_measures_its_gradient():
         epsilon=epsilon,
         step_size=step_size,
         initialization="zero",
+        steps_after_misclassified=steps_after_misclassified,
     )
     images, labels = tf.constant(x), tf.constant(y)
     x_adv = images
     for _ in range(2):
         gradient = manual_input_gradient(reference, x_adv, labels)
-        x_adv = attacks.project(x_adv + step_size * tf.sign(gradient), images, epsilon)
+        stepped = attacks.project(x_adv + step_size * tf.sign(gradient), images, epsilon)
+        # Wong et al.'s MNIST PGD: only the examples classified correctly take the step.
+        correct = np.argmax(reference(x_adv, training=True), axis=-1) == y
+        assert 0 < correct.sum() < len(y)  # with the stop, some examples stop, others step
+        correct |= steps_after_misclassified is None
+        x_adv = tf.where(correct[:, None, None, None], stepped, x_adv)
     expected_magnitude = float(
         tf.reduce_sum(tf.abs(manual_input_gradient(reference, x_adv, labels) * 0.5))
     )
@@ -549,6 +565,7 @@ def test_save_and_load_keeps_configuration_weights_and_optimizer(tmp_path):
         attack_steps=2,
         optimizer=keras.optimizers.SGD(0.05, momentum=0.9),
         l2_weight_decay=1e-3,
+        steps_after_misclassified=0,
     )
     model.fit(x, y, batch_size=10, epochs=1, verbose=0)
     path = str(tmp_path / "model.keras")
@@ -560,6 +577,7 @@ def test_save_and_load_keeps_configuration_weights_and_optimizer(tmp_path):
     assert (loaded.method, loaded.attack_steps, loaded.l2_weight_decay) == ("pgd", 2, 1e-3)
     assert (loaded.epsilon, loaded.step_size) == (0.1, pytest.approx(0.025))
     assert (loaded.initialization, loaded.initialization_scale) == ("uniform", 0.1)
+    assert loaded.steps_after_misclassified == 0
     assert len(loaded.network.layers) == len(model.network.layers)
     for saved, restored in zip(model.get_weights(), loaded.get_weights()):
         np.testing.assert_array_equal(saved, restored)
@@ -605,6 +623,10 @@ def test_xla_compiled_train_step_matches_the_graph_one():
         ),
         (dict(l2_weight_decay=-1.0), "l2_weight_decay must be >= 0"),
         (dict(step_size_rule="cosine"), "step_size_rule must be one of"),
+        (
+            dict(method="free", steps_after_misclassified=0),
+            "steps_after_misclassified applies to methods pgd, trades, mart only",
+        ),
     ],
 )
 def test_invalid_constructor_arguments(arguments, message):

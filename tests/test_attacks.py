@@ -157,6 +157,33 @@ def test_pgd_accepts_a_plain_callable(rng):
     assert_in_bounds(x_adv, x, 0.2)
 
 
+def pixels_as_logits(images):
+    """Two pixels, two classes: an image is of class 0 while pixel 0 is the brighter."""
+    return tf.reshape(images, [-1, 2])
+
+
+@pytest.mark.parametrize(
+    "tau, expected",
+    [
+        # Every example takes all 5 steps of 0.1: pixel 0 down, pixel 1 up, to the ball's edge.
+        (None, [[0.35, 0.6], [0.0, 1.0], [0.1, 1.0]]),
+        # Correct at iterates 0-3, misclassified at iterate 4: the 5th step is not taken.
+        # Misclassified at the start: never moves. Misclassified after one step: stops there.
+        (0, [[0.45, 0.5], [0.2, 0.7], [0.5, 0.6]]),
+        # One step from a misclassified iterate, then stop (friendly adversarial training).
+        (1, [[0.35, 0.6], [0.1, 0.8], [0.4, 0.7]]),
+    ],
+)
+def test_pgd_loop_stops_an_example_after_its_misclassified_iterates(tau, expected):
+    # Class 0 for all; margins pixel 0 - pixel 1 of 0.75, -0.5 and 0.1, each step takes 0.2.
+    x = tf.constant([[0.85, 0.1], [0.2, 0.7], [0.6, 0.5]], shape=(3, 1, 1, 2))
+    labels = tf.zeros([3], tf.int32)
+    x_adv = attacks.pgd_loop(
+        pixels_as_logits, x, labels, x, 0.5, 0.1, tf.Variable(5), steps_after_misclassified=tau
+    )
+    np.testing.assert_allclose(np.reshape(x_adv, (3, 2)), expected, atol=1e-6)
+
+
 @pytest.mark.parametrize(
     "arguments, message",
     [

@@ -51,6 +51,12 @@ def test_config_checks_types_and_cross_field_rules():
         config_lib.replace(base, method="free")  # the base recipe schedules r
     with pytest.raises(ValueError, match="carry_perturbation applies to methods deat, free only"):
         config_lib.replace(base, method="pgd", carry_perturbation=True)
+    with pytest.raises(
+        ValueError, match="steps_after_misclassified applies to methods pgd, trades"
+    ):
+        config_lib.replace(base, steps_after_misclassified=0)  # the base recipe is deat
+    with pytest.raises(ValueError, match="steps_after_misclassified must be an integer >= 0"):
+        config_lib.replace(base, method="pgd", scheduler="none", steps_after_misclassified=-2)
     # Integers are accepted for float fields and stored as floats.
     assert config_lib.replace(base, epsilon=1).epsilon == 1.0
     assert config_lib.replace(base, method="free", scheduler="none").method == "free"
@@ -92,3 +98,24 @@ def test_attack_batch_norm_reaches_the_model_from_a_flag():
     model = train.build_model(recipe, input_spec, steps_per_epoch)
     assert model.attack_batch_norm == "update"
     assert model.get_config()["attack_batch_norm"] == "update"
+
+
+@pytest.mark.parametrize("text, expected", [("0", 0), ("2", 2), ("none", None)])
+def test_steps_after_misclassified_reaches_the_model_from_a_flag_and_the_json(
+    tmp_path, text, expected
+):
+    from deat_tf import workdir
+
+    recipe = config_lib.replace(
+        config_lib.TrainConfig(),
+        method="pgd",
+        scheduler="none",
+        steps_after_misclassified=cli.parse_value("steps_after_misclassified", text),
+    )
+    path = tmp_path / "config.json"
+    workdir.write_json(str(path), recipe.to_dict())
+    assert config_lib.load_file(str(path)).steps_after_misclassified == expected
+    input_spec, steps_per_epoch = train.input_plan(recipe)
+    model = train.build_model(recipe, input_spec, steps_per_epoch)
+    assert model.steps_after_misclassified == expected
+    assert model.get_config()["steps_after_misclassified"] == expected

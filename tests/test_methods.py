@@ -27,3 +27,20 @@ def test_pgd_and_replay_methods_start_anywhere_in_the_ball():
     for method in ("pgd", "deat", "free", "fgsm_rs"):
         row = methods.get(method)
         assert (row.initialization, row.initialization_scale) == ("uniform", None), method
+
+
+@pytest.mark.parametrize(
+    "value, method, message",
+    [
+        (-1, "pgd", "steps_after_misclassified must be an integer >= 0, got -1"),
+        (True, "mart", "steps_after_misclassified must be an integer >= 0, got True"),
+        (1.5, "trades", "steps_after_misclassified must be an integer >= 0, got 1.5"),
+        (0, "deat", "steps_after_misclassified applies to methods pgd, trades, mart only"),
+        (0, "fgsm_rs", "steps_after_misclassified applies to methods pgd, trades, mart only"),
+    ],
+)
+def test_a_bad_early_stop_is_rejected_naming_the_argument(value, method, message):
+    with pytest.raises(ValueError, match=message):
+        methods.check_steps_after_misclassified(value, method)
+    assert methods.check_steps_after_misclassified(None, method) is None
+    assert methods.check_steps_after_misclassified(2, "pgd") == 2
