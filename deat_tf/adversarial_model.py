@@ -30,7 +30,17 @@ import math
 import keras
 import tensorflow as tf
 
-from deat_tf import attacks, checks, distribute, losses, magnitude, methods, models, optimizers
+from deat_tf import (
+    attacks,
+    checks,
+    distribute,
+    losses,
+    magnitude,
+    methods,
+    models,
+    optimizers,
+    validation,
+)
 
 METHODS = methods.NAMES
 STEP_SIZE_RULES = ("constant", "max_epsilon_over_steps")
@@ -51,7 +61,7 @@ class _Untracked:
 
 
 @keras.saving.register_keras_serializable(package="deat_tf")
-class AdversarialModel(keras.Model):
+class AdversarialModel(validation.RobustValidation, keras.Model):
     """Adversarial training around a classifier network (see the module docstring).
 
     Args:
@@ -332,15 +342,6 @@ class AdversarialModel(keras.Model):
             iterator = None
         return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
-    def evaluate(self, *args, **kwargs):
-        previous = self._in_evaluation
-        self._in_evaluation = True
-        self._start_validation_pass()
-        try:
-            return super().evaluate(*args, **kwargs)
-        finally:
-            self._in_evaluation = previous
-
     # -------------------------------------------------------------------- calls
 
     def call(self, inputs, training=False):
@@ -452,7 +453,9 @@ class AdversarialModel(keras.Model):
             )
 
         batch_size = tf.shape(x)[0]
-        self._loss_metric.update_state(_unscale_for_distribution(loss), sample_weight=batch_size)
+        self._loss_metric.update_state(
+            distribute.unscale_for_distribution(loss), sample_weight=batch_size
+        )
         self._adversarial_accuracy.update_state(y, logits, sample_weight=sample_weight)
         if input_gradient is None:
             self._grad_magnitude.update_state(0.0)
@@ -643,7 +646,9 @@ class AdversarialModel(keras.Model):
             robust_loss = tf.reduce_mean(
                 losses.kl_divergence(natural_probabilities, adversarial_logits)
             )
-            return adversarial_logits, natural_loss + self.beta * _per_replica_share(robust_loss)
+            return adversarial_logits, natural_loss + self.beta * distribute.per_replica_share(
+                robust_loss
+            )
 
         return loss_fn
 
@@ -657,7 +662,7 @@ class AdversarialModel(keras.Model):
                 losses.mart_loss(natural_logits, adversarial_logits, labels, self.beta)
             )
             regularization = tf.add_n(self.losses) if self.losses else 0.0
-            return adversarial_logits, _per_replica_share(loss + regularization)
+            return adversarial_logits, distribute.per_replica_share(loss + regularization)
 
         return loss_fn
 
@@ -672,67 +677,6 @@ class AdversarialModel(keras.Model):
         return 1, self._update(
             _identity, x_adv, self._cross_entropy_forward(y, sample_weight), True
         )
-
-    # ---------------------------------------------------------------- test step
-
-    def test_step(self, data):
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        x = checks.check_image_tensor(x, "images")
-        logits = self.network(x, training=False)
-        loss = self.compute_loss(
-            x=x, y=y, y_pred=logits, sample_weight=sample_weight, training=False
-        )
-        self._loss_metric.update_state(
-            _unscale_for_distribution(loss), sample_weight=tf.shape(x)[0]
-        )
-        self._clean_accuracy.update_state(y, logits, sample_weight=sample_weight)
-        if self.validation_attack_steps:
-            labels = tf.cast(tf.reshape(y, [-1]), tf.int32)
-            counter = self._validation_batches.variable
-            # Without evaluate() (test_on_batch) there is no pass to count: batch 0.
-            batch = tf.constant(0, tf.int64) if counter is None else counter.read_value()
-            x_adv, _, _ = attacks.pgd_search(
-                attacks.logits_function(self.network),
-                x,
-                labels,
-                self._validation_start(x, batch),
-                self.epsilon,
-                self.validation_step_size,
-                self.validation_attack_steps,
-            )
-            if counter is not None:
-                counter.assign_add(1)
-            robust_logits = self.network(tf.stop_gradient(x_adv), training=False)
-            self._robust_accuracy.update_state(y, robust_logits, sample_weight=sample_weight)
-        return self._results()
-
-    def _start_validation_pass(self):
-        """Restarts the batch count of the validation attack: each pass draws the same noise."""
-        if not self.validation_attack_steps:
-            return
-        if self._validation_batches.variable is None:
-            with self.distribute_strategy.scope():
-                self._validation_batches.variable = tf.Variable(
-                    tf.constant(0, tf.int64),
-                    trainable=False,
-                    aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
-                    name="validation_batches",
-                )
-            # A test function traced before the counter existed would not count.
-            self.test_function = None
-        else:
-            self._validation_batches.variable.assign(0)
-
-    def _validation_start(self, x, batch):
-        """The validation attack's uniform start for batch `batch` of an evaluation pass.
-
-        Seeded by (seed, -1 - batch), a stream training's (seed, minibatch >= 0)
-        never uses: the noise differs from batch to batch and is the same in
-        every pass, so validation is reproducible for given weights (and after
-        a resume), and the same for 1 or N replicas.
-        """
-        seed = tf.stack([tf.constant(self.seed, tf.int64), -1 - tf.cast(batch, tf.int64)])
-        return attacks.replica_start(x, self.epsilon, seed)
 
     # ------------------------------------------------------------ serialization
 
@@ -769,16 +713,3 @@ class AdversarialModel(keras.Model):
 
 def _identity(images):
     return images
-
-
-def _per_replica_share(loss):
-    """Divides a batch-mean loss by the replica count, as Keras losses do,
-    so that gradients summed over replicas are those of the global mean."""
-    replicas = tf.distribute.get_strategy().num_replicas_in_sync
-    return loss / replicas if replicas > 1 else loss
-
-
-def _unscale_for_distribution(loss):
-    """Keras losses divide by the replica count; the logged loss should not."""
-    replicas = tf.distribute.get_strategy().num_replicas_in_sync
-    return loss * tf.cast(replicas, loss.dtype) if replicas > 1 else loss

@@ -238,3 +238,16 @@ def device_names(strategy):
         # The default strategy places work on the first GPU, else the CPU.
         devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
         return [devices[0].name]
+
+
+def per_replica_share(loss):
+    """Divides a batch-mean loss by the replica count, as Keras losses do,
+    so that gradients summed over replicas are those of the global mean."""
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    return loss / replicas if replicas > 1 else loss
+
+
+def unscale_for_distribution(loss):
+    """Keras losses divide by the replica count; the logged loss should not."""
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    return loss * tf.cast(replicas, loss.dtype) if replicas > 1 else loss
