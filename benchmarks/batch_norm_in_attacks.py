@@ -19,14 +19,13 @@ epsilon 0.2, 500 test digits) take about 25 minutes on 2 CPU cores. Settings
 per method are written to the JSON next to the results.
 """
 
-import json
 import os
-import platform
 import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import common  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -118,7 +117,6 @@ def main(argv):
     del argv
     import keras
     import numpy as np
-    import tensorflow as tf
 
     from deat_tf import datasets, evaluation
 
@@ -184,16 +182,9 @@ def main(argv):
         ),
         "command": " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:]),
         "results": results,
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "tensorflow": tf.__version__,
-            "keras": keras.__version__,
-        },
+        "machine": common.machine_description(),
     }
-    with open(FLAGS.output, "w") as stream:
-        json.dump(output, stream, indent=2)
-    print(f"results written to {FLAGS.output}")
+    common.write_json(FLAGS.output, output)
 
 
 if __name__ == "__main__":

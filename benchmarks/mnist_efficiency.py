@@ -43,9 +43,7 @@ benchmarks/mnist_efficiency.png (with --quick: mnist_efficiency_quick.json and
 
 import contextlib
 import datetime
-import json
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -54,6 +52,7 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import common  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -315,9 +314,6 @@ def main(argv):
             flush=True,
         )
 
-    import keras
-    import tensorflow as tf
-
     from deat_tf import evaluation
 
     data = evaluation.load_data("mnist_sample", n_examples=FLAGS.test_examples)
@@ -395,16 +391,9 @@ def main(argv):
         "method_settings": settings,
         "summary": summary_rows,
         "runs": results,
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "tensorflow": tf.__version__,
-            "keras": keras.__version__,
-        },
+        "machine": common.machine_description(),
     }
-    with open(FLAGS.output, "w") as stream:
-        json.dump(output, stream, indent=2)
-    print(f"results written to {FLAGS.output}")
+    common.write_json(FLAGS.output, output)
     title = f"MNIST sample, mnist_cnn, eps 0.3, {FLAGS.epochs} epochs, {FLAGS.seeds} seed(s)" + (
         " (quick)" if FLAGS.quick else ""
     )

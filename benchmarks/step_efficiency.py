@@ -17,15 +17,14 @@ batch, so the figures hold the whole train step (attack, updates, metrics) but
 not the input pipeline or callbacks.
 """
 
-import json
 import os
-import platform
 import statistics
 import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import common  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -41,36 +40,6 @@ flags.DEFINE_boolean("jit_compile", False, "XLA-compile the train steps.")
 
 REPLAYS = (1, 2, 4, 8)
 PGD_STEPS = (1, 7, 10)
-
-
-def build_setups():
-    import numpy as np
-
-    from deat_tf import models
-
-    generator = np.random.default_rng(0)
-    setups = {}
-    for name in FLAGS.networks:
-        if name == "mnist_cnn":
-            shape, batch, classes, epsilon = (28, 28, 1), 100, 10, 0.3
-
-            def factory():
-                return models.mnist_cnn()
-
-        elif name == "preact_resnet18":
-            shape, batch, classes, epsilon = (32, 32, 3), 128, 10, 8 / 255
-
-            def factory():
-                return models.preact_resnet18(width=FLAGS.resnet_width)
-
-        else:
-            raise ValueError(
-                f"--networks: unknown network {name!r}; use mnist_cnn, preact_resnet18."
-            )
-        images = generator.uniform(size=(batch,) + shape).astype(np.float32)
-        labels = generator.integers(0, classes, size=batch).astype(np.int64)
-        setups[name] = (factory, images, labels, epsilon, batch)
-    return setups
 
 
 def make_step(factory, images, labels, epsilon, method, steps):
@@ -142,14 +111,7 @@ def main(argv):
     results = {
         "command": "python " + " ".join(sys.argv),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "device": [device.device_type for device in tf.config.list_physical_devices()],
-        "gpu": [
-            tf.config.experimental.get_device_details(gpu).get("device_name", "")
-            for gpu in tf.config.list_physical_devices("GPU")
-        ],
-        "machine": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "tensorflow": tf.__version__,
+        "machine": common.machine_description(),
         "settings": {
             "rounds": FLAGS.rounds,
             "steps": FLAGS.steps,
@@ -159,7 +121,7 @@ def main(argv):
         },
         "networks": [],
     }
-    for name, setup in build_setups().items():
+    for name, setup in common.synthetic_setups(FLAGS.networks, FLAGS.resnet_width).items():
         results["networks"].append(time_network(name, setup))
     print(f"\n{'network':<16} {'method':<6} {'count':>5} {'ms/minibatch':>13} {'ratio':>6}")
     for network in results["networks"]:
@@ -169,13 +131,7 @@ def main(argv):
                 f"{network['network']:<16} {row['method']:<6} {count:>5} "
                 f"{1000 * row['seconds_per_minibatch']:>13.1f} {row['ratio']:>6.2f}"
             )
-    directory = os.path.dirname(os.path.abspath(FLAGS.output))
-    os.makedirs(directory, exist_ok=True)
-    temporary = FLAGS.output + ".tmp"
-    with open(temporary, "w") as handle:
-        json.dump(results, handle, indent=2)
-    os.replace(temporary, FLAGS.output)
-    print(f"\nwrote {FLAGS.output}")
+    common.write_json(FLAGS.output, results)
 
 
 if __name__ == "__main__":

@@ -108,6 +108,10 @@ class AdversarialModel(validation.RobustValidation, keras.Model):
             has been misclassified at more than tau of its iterates (0: Wong et
             al.'s MNIST PGD training; tau > 0: friendly adversarial training);
             see `attacks.pgd_loop`.
+        track_magnitude: Whether to compute and log `grad_magnitude` (M).
+            None: yes for deat, free, pgd, trades and mart; no for fgsm_rs,
+            where M would cost an input gradient at every update and no
+            scheduler reads it, and none.
         **kwargs: Passed to `keras.Model` (e.g. name).
     """
 
@@ -130,6 +134,7 @@ class AdversarialModel(validation.RobustValidation, keras.Model):
         seed=0,
         attack_batch_norm="stateless",
         steps_after_misclassified=None,
+        track_magnitude=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -176,6 +181,7 @@ class AdversarialModel(validation.RobustValidation, keras.Model):
         self.steps_after_misclassified = methods.check_steps_after_misclassified(
             steps_after_misclassified, self.method
         )
+        self.track_magnitude = methods.track_magnitude(track_magnitude, self.method)
         self.network = network
 
         initial_steps = self._method.check_steps(
@@ -312,13 +318,10 @@ class AdversarialModel(validation.RobustValidation, keras.Model):
             if self.validation_attack_steps:
                 evaluation.append(self._robust_accuracy)
             return evaluation
-        return [
-            self._loss_metric,
-            self._adversarial_accuracy,
-            self._grad_magnitude,
-            self._attack_steps_metric,
-            self._non_finite_gradients,
-        ]
+        training = [self._loss_metric, self._adversarial_accuracy]
+        if self.track_magnitude:
+            training.append(self._grad_magnitude)
+        return training + [self._attack_steps_metric, self._non_finite_gradients]
 
     def _results(self):
         results = {metric.name: metric.result() for metric in self.metrics}
@@ -457,9 +460,7 @@ class AdversarialModel(validation.RobustValidation, keras.Model):
             distribute.unscale_for_distribution(loss), sample_weight=batch_size
         )
         self._adversarial_accuracy.update_state(y, logits, sample_weight=sample_weight)
-        if input_gradient is None:
-            self._grad_magnitude.update_state(0.0)
-        else:
+        if self.track_magnitude:
             self._grad_magnitude.update_state(
                 magnitude.input_gradient_magnitude(input_gradient, self._input_std),
                 valid=gradient_finite,
@@ -631,7 +632,7 @@ class AdversarialModel(validation.RobustValidation, keras.Model):
             self.steps_after_misclassified,
         )
         x_adv = tf.stop_gradient(x_adv)
-        return steps, self._update(_identity, x_adv, loss_fn, True)
+        return steps, self._update(_identity, x_adv, loss_fn, self.track_magnitude)
 
     def _trades_forward(self, x, y, sample_weight):
         """CE(f(x), y) + beta * KL(f(x) || f(x_adv)), KL summed over classes, batch mean."""
@@ -675,7 +676,7 @@ class AdversarialModel(validation.RobustValidation, keras.Model):
             attacks.project(attacks.signed_step(start, gradient, self.step_size), x, self.epsilon)
         )
         return 1, self._update(
-            _identity, x_adv, self._cross_entropy_forward(y, sample_weight), True
+            _identity, x_adv, self._cross_entropy_forward(y, sample_weight), self.track_magnitude
         )
 
     # ------------------------------------------------------------ serialization
@@ -700,6 +701,7 @@ class AdversarialModel(validation.RobustValidation, keras.Model):
             "seed": self.seed,
             "attack_batch_norm": self.attack_batch_norm,
             "steps_after_misclassified": self.steps_after_misclassified,
+            "track_magnitude": self.track_magnitude,
         }
 
     @classmethod

@@ -152,6 +152,7 @@ class TrainConfig:
     accuracy_threshold: float = 0.4
     attack_batch_norm: str = "stateless"
     steps_after_misclassified: int | None = None
+    track_magnitude: bool | None = None
 
     epochs: int = 10
     batch_size: int = 128
@@ -187,6 +188,7 @@ class TrainConfig:
         methods.check_scheduler(self.scheduler, self.method)
         methods.check_carry(self.carry_perturbation, self.method)
         methods.check_steps_after_misclassified(self.steps_after_misclassified, self.method)
+        methods.check_magnitude_scheduler(self.scheduler, self.track_magnitude, self.method)
 
     def to_dict(self):
         """The configuration as a JSON-ready dict (tuples become lists)."""

@@ -60,6 +60,17 @@ class Method:
         return self.family == "replay"
 
     @property
+    def tracks_magnitude(self):
+        """Whether the method computes the statistic M unless told otherwise.
+
+        The replay methods get the input gradient for free (the next replay
+        needs it) and the scheduled methods need M; fgsm_rs, whose count is
+        fixed, would pay an extra input gradient at every update for a figure
+        nothing reads, and clean training has no attack.
+        """
+        return self.family in ("replay", "attack_then_update")
+
+    @property
     def schedulable(self):
         """Whether an iteration-count scheduler may change this method's count."""
         return self.scheduled_start is not None
@@ -167,6 +178,46 @@ def check_scheduler(scheduler, method):
         raise ValueError(
             f"scheduler {scheduler} changes the iteration count of methods "
             f"{', '.join(SCHEDULED)} only; method {method} has a fixed count (use scheduler none)."
+        )
+
+
+def track_magnitude(track, method):
+    """Whether a model of `method` computes the statistic M.
+
+    Args:
+        track: True, False, or None for the method's default (`Method.tracks_magnitude`).
+        method: The method name.
+
+    Returns:
+        The decision as a bool.
+
+    Raises:
+        ValueError: If M is asked of clean training, which computes no input gradient.
+    """
+    if track is None:
+        return get(method).tracks_magnitude
+    if not isinstance(track, bool):
+        raise ValueError(f"track_magnitude must be True, False or None, got {track!r}.")
+    if track and get(method).family == "clean":
+        raise ValueError("track_magnitude: method none computes no input gradient, so no M.")
+    return track
+
+
+def check_magnitude_scheduler(scheduler, track, method):
+    """Refuses the magnitude scheduler for a model that does not compute M.
+
+    Args:
+        scheduler: A scheduler name.
+        track: The track_magnitude setting (True, False or None).
+        method: The method name.
+
+    Raises:
+        ValueError: If scheduler is "magnitude" and M is not computed.
+    """
+    if scheduler == "magnitude" and not track_magnitude(track, method):
+        raise ValueError(
+            "scheduler magnitude reads the gradient magnitude M, which track_magnitude=False "
+            "turns off; keep it on or use another scheduler."
         )
 
 

@@ -150,6 +150,14 @@ class MagnitudeScheduler(IterationScheduler):
         self.gamma = checks.check_positive(gamma, "gamma")
         self.monitor = monitor
 
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        if self.monitor == "grad_magnitude" and not self.model.track_magnitude:
+            raise ValueError(
+                "MagnitudeScheduler reads grad_magnitude, which this model does not compute: "
+                "build it with AdversarialModel(track_magnitude=True)."
+            )
+
     def next_steps(self, epoch_index, steps, logs):
         magnitude = _read_log(logs, self.monitor, type(self).__name__)
         if epoch_index == 0:

@@ -333,6 +333,7 @@ def build_model(config, input_spec, steps_per_epoch):
         seed=config.seed,
         attack_batch_norm=config.attack_batch_norm,
         steps_after_misclassified=config.steps_after_misclassified,
+        track_magnitude=config.track_magnitude,
     )
     model.compile(optimizer=make_optimizer(config, steps_per_epoch), jit_compile=config.jit_compile)
     return model

@@ -796,3 +796,75 @@ def test_a_resumed_fit_continues_exactly_where_it_stopped(tmp_path):
     )
     for trained, expected in zip(resumed.network.weights, uninterrupted.network.weights):
         np.testing.assert_allclose(trained.numpy(), expected.numpy(), rtol=1e-6, atol=1e-8)
+
+
+INPUT_GRADIENTS = tf.Variable(0.0, trainable=False)
+
+
+@keras.saving.register_keras_serializable(package="deat_tf_tests")
+class InputGradientCounter(layers.Layer):
+    """Identity layer (first, before any weight) counting backward passes into the input.
+
+    TensorFlow only runs its backward when a gradient with respect to the
+    images is asked for: weight gradients stop at the first weighted layer.
+    """
+
+    def call(self, inputs):
+        @tf.custom_gradient
+        def identity(images):
+            def backward(upstream):
+                with tf.control_dependencies([INPUT_GRADIENTS.assign_add(1.0)]):
+                    return tf.identity(upstream)
+
+            return tf.identity(images), backward
+
+        return identity(inputs)
+
+
+def input_gradient_counting_network():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input(IMAGE_SHAPE)
+    hidden = InputGradientCounter()(inputs)
+    hidden = layers.Flatten()(hidden)
+    return keras.Model(inputs, layers.Dense(CLASSES)(hidden))
+
+
+@pytest.mark.parametrize(
+    "method, track, gradients_per_minibatch",
+    [("fgsm_rs", None, 1), ("fgsm_rs", True, 2), ("pgd", None, 3), ("pgd", False, 2)],
+)
+def test_the_statistic_costs_one_input_gradient_and_is_off_for_fgsm_rs_by_default(
+    method, track, gradients_per_minibatch
+):
+    x, y = toy_data(batches=3)
+    model = make_model(
+        method,
+        network=input_gradient_counting_network(),
+        track_magnitude=track,
+        **({"attack_steps": 2} if method == "pgd" else {}),
+    )
+    INPUT_GRADIENTS.assign(0.0)
+    history = model.fit(x, y, batch_size=10, epochs=1, verbose=0, shuffle=False)
+    # The attack's steps take one input gradient each; M one more at the update.
+    assert float(INPUT_GRADIENTS.numpy()) == 3 * gradients_per_minibatch
+    tracked = gradients_per_minibatch > (2 if method == "pgd" else 1)
+    assert model.track_magnitude == tracked
+    assert ("grad_magnitude" in history.history) == tracked
+    if tracked:
+        assert history.history["grad_magnitude"][0] > 0
+
+
+def test_no_statistic_for_the_magnitude_scheduler_or_clean_training_is_refused():
+    x, y = toy_data(batches=2)
+    model = make_model("deat", network=counting_network(), track_magnitude=False)
+    weights = model.network.get_weights()
+    with pytest.raises(ValueError, match="MagnitudeScheduler reads grad_magnitude"):
+        model.fit(
+            x, y, batch_size=10, epochs=1, verbose=0, callbacks=[deat_tf.MagnitudeScheduler()]
+        )
+    for before, after in zip(weights, model.network.get_weights()):
+        np.testing.assert_array_equal(before, after)
+    with pytest.raises(ValueError, match="method none computes no input gradient"):
+        make_model("none", track_magnitude=True)
+    with pytest.raises(ValueError, match="track_magnitude must be True, False or None"):
+        make_model("deat", track_magnitude="yes")

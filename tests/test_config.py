@@ -57,6 +57,9 @@ def test_config_checks_types_and_cross_field_rules():
         config_lib.replace(base, steps_after_misclassified=0)  # the base recipe is deat
     with pytest.raises(ValueError, match="steps_after_misclassified must be an integer >= 0"):
         config_lib.replace(base, method="pgd", scheduler="none", steps_after_misclassified=-2)
+    with pytest.raises(ValueError, match="scheduler magnitude reads the gradient magnitude M"):
+        config_lib.replace(base, track_magnitude=False)  # the base recipe is M+DEAT
+    assert config_lib.replace(base, scheduler="periodic", track_magnitude=False).scheduler
     # Integers are accepted for float fields and stored as floats.
     assert config_lib.replace(base, epsilon=1).epsilon == 1.0
     assert config_lib.replace(base, method="free", scheduler="none").method == "free"

@@ -9,12 +9,10 @@ losses and statistic equal up to the rounding of a different summation order.
 import json
 import os
 import socket
-import subprocess
-import sys
 
 import pytest
+from train_process import start_train
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARGUMENTS = (
     "--config=configs/mnist_demo.py",
     "--epochs=2",
@@ -42,23 +40,7 @@ def free_ports(count):
 
 
 def start(workdir, environment_changes, *extra):
-    environment = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3")
-    environment.pop("TF_CONFIG", None)
-    environment.update(environment_changes)
-    return subprocess.Popen(
-        [
-            sys.executable,
-            os.path.join(ROOT, "bin", "train"),
-            f"--workdir={workdir}",
-            *ARGUMENTS,
-            *extra,
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=environment,
-    )
+    return start_train(workdir, [*ARGUMENTS, *extra], environment_changes)
 
 
 def start_workers(workdirs, temporary=None):

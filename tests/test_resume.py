@@ -11,16 +11,14 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
 import tensorflow as tf
+from train_process import start_train
 
 from deat_tf import cli
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARGUMENTS = (
     "--config=configs/mnist_demo.py",
     "--epochs=3",
@@ -48,21 +46,7 @@ COMPARED = (
 
 
 def start(workdir, *extra):
-    environment = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3")
-    return subprocess.Popen(
-        [
-            sys.executable,
-            os.path.join(ROOT, "bin", "train"),
-            f"--workdir={workdir}",
-            *ARGUMENTS,
-            *extra,
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=environment,
-    )
+    return start_train(workdir, [*ARGUMENTS, *extra])
 
 
 def run(workdir, *extra, kill_at=None, delay=0.0):
