@@ -53,6 +53,25 @@ def write_json(path, results):
     print(f"\nwrote {path}")
 
 
+def define_step_timing_flags(output, resnet_width):
+    """Defines the flags of the benchmarks that time train steps on synthetic batches.
+
+    Args:
+        output: Default JSON path.
+        resnet_width: Default first-stage width of PreAct-ResNet18.
+    """
+    from absl import flags
+
+    flags.DEFINE_string("output", output, "Where to write the JSON results.")
+    flags.DEFINE_list("networks", ["mnist_cnn", "preact_resnet18"], "Networks to time.")
+    flags.DEFINE_integer("rounds", 5, "Interleaved timing rounds; the median is reported.")
+    flags.DEFINE_integer("steps", 3, "Minibatches timed per configuration per round.")
+    flags.DEFINE_integer("warmup", 2, "Untimed minibatches per configuration before timing.")
+    flags.DEFINE_integer(
+        "resnet_width", resnet_width, "First-stage width of PreAct-ResNet18 (the paper's: 64)."
+    )
+
+
 def synthetic_setups(networks, resnet_width):
     """One random batch per network, for timing train steps on in-memory data.
 

@@ -28,14 +28,7 @@ import common  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("output", "benchmarks/step_efficiency.json", "Where to write the JSON results.")
-flags.DEFINE_list("networks", ["mnist_cnn", "preact_resnet18"], "Networks to time.")
-flags.DEFINE_integer("rounds", 5, "Interleaved timing rounds; the median is reported.")
-flags.DEFINE_integer("steps", 3, "Minibatches timed per configuration per round.")
-flags.DEFINE_integer("warmup", 2, "Untimed minibatches per configuration before timing.")
-flags.DEFINE_integer(
-    "resnet_width", 64, "First-stage width of PreAct-ResNet18 (64 is the paper's)."
-)
+common.define_step_timing_flags("benchmarks/step_efficiency.json", resnet_width=64)
 flags.DEFINE_boolean("jit_compile", False, "XLA-compile the train steps.")
 
 REPLAYS = (1, 2, 4, 8)

@@ -36,12 +36,7 @@ import common  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("output", "benchmarks/xla.json", "Where to write the JSON results.")
-flags.DEFINE_list("networks", ["mnist_cnn", "preact_resnet18"], "Networks to time.")
-flags.DEFINE_integer("rounds", 5, "Interleaved timing rounds; the median is reported.")
-flags.DEFINE_integer("steps", 3, "Minibatches timed per configuration per round.")
-flags.DEFINE_integer("warmup", 2, "Untimed minibatches per configuration before timing.")
-flags.DEFINE_integer("resnet_width", 16, "First-stage width of PreAct-ResNet18 (the paper's: 64).")
+common.define_step_timing_flags("benchmarks/xla.json", resnet_width=16)
 flags.DEFINE_float("tolerance", 1e-4, "Largest relative difference jit / no-jit allowed.")
 
 CONFIGURATIONS = (("none", None), ("deat", 1), ("deat", 2), ("deat", 4), ("pgd", 1), ("pgd", 7))
