@@ -147,8 +147,9 @@ class Pipelines:
             or None when the split size is unknown (mocked TFDS data).
         train_examples: Training examples after carving, or None when unknown.
         validation_examples: Examples in the validation split.
-        training: Function initial epoch -> the training batches from that
-            epoch on, the same batches a run from epoch 0 would see there.
+        training: Function (initial epoch, part=None) -> the training batches
+            from that epoch on, the same batches a run from epoch 0 would see
+            there; part = (first, size) keeps only those examples of each batch.
     """
 
     train: tf.data.Dataset
@@ -443,7 +444,11 @@ def _epoch_seed(seed, epoch):
 def _training_stream(
     source, preprocess, batch_size, shuffle_buffer, seed, deterministic, epochs, steps_per_epoch
 ):
-    """A function initial epoch -> the training batches of epochs [initial, epochs).
+    """A function (initial epoch, part) -> the training batches of epochs [initial, epochs).
+
+    `part` = (first, size) keeps examples [first, first + size) of every batch
+    (a worker's share of the global batch), dropped before decoding; None
+    keeps whole batches.
 
     Every epoch is built on its own, from seeds that depend only on (seed,
     epoch): its shuffle order and each example's augmentation (seeded by its
@@ -453,31 +458,50 @@ def _training_stream(
     Without `epochs`, an endless stream reshuffled at every pass (not resumable).
     """
 
-    def augment_epoch(dataset, epoch):
+    def augment_epoch(dataset, epoch, part):
         def augment(position, example):
             image, label = example
             # A stateless seed is two int64s: (seed, position in the whole run).
             example_seed = tf.stack([tf.constant(seed, tf.int64), epoch * (1 << 32) + position])
             return preprocess(image, example_seed), label
 
-        dataset = dataset.enumerate().map(augment, num_parallel_calls=_AUTOTUNE)
-        return dataset.batch(batch_size, drop_remainder=True, num_parallel_calls=_AUTOTUNE)
+        dataset = dataset.enumerate()
+        size = batch_size
+        if part is not None:
+            first, size = part
+            # Drop the rest of each batch before decoding and augmenting it; the
+            # kept examples keep their positions, hence their augmentation.
+            dataset = dataset.filter(
+                lambda position, _: tf.logical_and(
+                    position % batch_size >= first, position % batch_size < first + size
+                )
+            )
+        dataset = dataset.map(augment, num_parallel_calls=_AUTOTUNE)
+        return dataset.batch(size, drop_remainder=True, num_parallel_calls=_AUTOTUNE)
 
     def finish(dataset):
         return dataset.prefetch(_AUTOTUNE).with_options(_options(deterministic))
 
-    def stream(initial_epoch=0):
+    def stream(initial_epoch=0, part=None):
+        if part is not None:
+            first, size = part
+            checks.check_count(first, "part's first example", 0)
+            checks.check_count(size, "part's size", 1)
+            if first + size > batch_size:
+                raise ValueError(
+                    f"part ({first}, {size}) reaches past the batch of {batch_size} examples."
+                )
         if epochs is None:
             if initial_epoch:
                 raise ValueError(
                     "initial_epoch needs the number of epochs (get_pipelines(epochs=...))."
                 )
             endless = source.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-            return finish(augment_epoch(endless.repeat(), 0))
+            return finish(augment_epoch(endless.repeat(), 0, part))
         checks.check_count(initial_epoch, "initial_epoch", 0)
         if initial_epoch >= epochs:
             raise ValueError(f"initial_epoch must be < epochs ({epochs}), got {initial_epoch}.")
-        parts = []
+        epoch_datasets = []
         for epoch in range(initial_epoch, epochs):
             # Not reshuffled per iteration: the order must not depend on how
             # often the dataset was iterated before (fit peeks at a batch first).
@@ -485,8 +509,10 @@ def _training_stream(
                 shuffle_buffer, seed=_epoch_seed(seed, epoch), reshuffle_each_iteration=False
             )
             one_epoch = shuffled.repeat().take(steps_per_epoch * batch_size)
-            parts.append(augment_epoch(one_epoch, epoch))
-        return finish(functools.reduce(lambda first, second: first.concatenate(second), parts))
+            epoch_datasets.append(augment_epoch(one_epoch, epoch, part))
+        return finish(
+            functools.reduce(lambda earlier, later: earlier.concatenate(later), epoch_datasets)
+        )
 
     return stream
 

@@ -125,38 +125,41 @@ def check_workers_agree(strategy, value, what):
         )
 
 
-def training_input(strategy, dataset, global_batch_size):
-    """The training dataset as a multi-worker strategy should read it; others unchanged.
+def training_input(strategy, make_dataset, global_batch_size):
+    """The training dataset as the strategy should read it.
 
-    Each worker reads every global batch and keeps its own contiguous slice,
-    split into its replicas' batches, so replica i trains on examples
-    [i * b, (i + 1) * b) of each global batch, as under MirroredStrategy or on
-    one device: with the random starts drawn for the global batch and sliced
-    by replica, N workers train on exactly the batches and starts one process
-    would. TensorFlow's automatic sharding would instead give each worker
-    every N-th example. Reading every batch costs little for in-memory data;
-    for streamed files (ImageNet) it multiplies the reading by N.
+    Under a multi-worker strategy each worker keeps its own contiguous part of
+    every global batch, split into its replicas' batches, so replica i trains
+    on examples [i * b, (i + 1) * b) of each global batch, as under
+    MirroredStrategy or on one device: with the random starts drawn for the
+    global batch and sliced by replica, N workers train on exactly the batches
+    and starts one process would. The other examples are dropped before they
+    are decoded, but every worker still reads (and shuffles) the whole stream.
+    TensorFlow's automatic sharding would instead give each worker every N-th
+    file or example.
 
     Args:
         strategy: The distribution strategy.
-        dataset: Dataset of global batches (images, labels).
+        make_dataset: Function part -> dataset of batches (images, labels),
+            where part = (first, size) keeps examples [first, first + size) of
+            each global batch and None keeps whole batches
+            (`datasets.Pipelines.training` with its initial epoch bound).
         global_batch_size: Examples per global batch.
 
     Returns:
-        The dataset, or a distributed dataset for `Model.fit`.
+        The dataset of global batches, or a distributed dataset for `Model.fit`.
     """
     if not is_multi_worker(strategy):
-        return dataset
+        return make_dataset(None)
     replicas = strategy.num_replicas_in_sync
 
     def dataset_fn(context):
         local_replicas = replicas // context.num_input_pipelines
         per_replica = context.get_per_replica_batch_size(global_batch_size)
-        first = context.input_pipeline_id * local_replicas * per_replica
+        size = local_replicas * per_replica
+        dataset = make_dataset((context.input_pipeline_id * size, size))
 
-        def local_batches(images, labels):
-            images = images[first : first + local_replicas * per_replica]
-            labels = labels[first : first + local_replicas * per_replica]
+        def replica_batches(images, labels):
             return tf.data.Dataset.from_tensor_slices(
                 (
                     tf.reshape(
@@ -168,7 +171,7 @@ def training_input(strategy, dataset, global_batch_size):
 
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
-        return dataset.flat_map(local_batches).with_options(options)
+        return dataset.flat_map(replica_batches).with_options(options)
 
     return strategy.distribute_datasets_from_function(dataset_fn)
 

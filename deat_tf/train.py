@@ -32,6 +32,7 @@ rates are for their global batch.
 
 import contextlib
 import dataclasses
+import functools
 import math
 import os
 import shutil
@@ -489,7 +490,9 @@ def _execute(run):
         if initial_epoch < config.epochs:
             model.fit(
                 distribute.training_input(
-                    run.strategy, pipelines.training(initial_epoch), config.batch_size
+                    run.strategy,
+                    functools.partial(pipelines.training, initial_epoch),
+                    config.batch_size,
                 ),
                 initial_epoch=initial_epoch,
                 epochs=config.epochs,

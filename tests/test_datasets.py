@@ -243,3 +243,28 @@ def test_an_epoch_is_the_same_batches_whenever_the_stream_starts_or_is_read():
     )
     with pytest.raises(ValueError, match="initial_epoch must be < epochs \\(4\\)"):
         pipelines.training(4)
+
+
+def test_parts_of_a_batch_are_that_batch_augmented_alike():
+    # Workers of a cluster each read their part of every global batch: together
+    # the parts must be the batch a single process reads, augmentation included.
+    with tfds.testing.mock_data(num_examples=40):
+        pipelines = datasets.get_pipelines(
+            "cifar10", 8, 4, epochs=2, steps_per_epoch=3, seed=5, deterministic=True
+        )
+        whole = [batch for batch in pipelines.training(1)]
+        parts = [
+            [batch for batch in pipelines.training(1, (first, size))]
+            for first, size in ((0, 3), (3, 5))
+        ]
+        with pytest.raises(ValueError, match="part \\(6, 3\\) reaches past the batch of 8"):
+            pipelines.training(0, (6, 3))
+    assert len(whole) == 3 and [len(part) for part in parts] == [3, 3]
+    for index, (images, labels) in enumerate(whole):
+        np.testing.assert_array_equal(
+            images.numpy(), np.concatenate([part[index][0].numpy() for part in parts])
+        )
+        np.testing.assert_array_equal(
+            labels.numpy(), np.concatenate([part[index][1].numpy() for part in parts])
+        )
+    assert parts[0][0][0].shape == (3, 32, 32, 3)

@@ -1,7 +1,7 @@
 """Two worker processes on this machine (MultiWorkerMirroredStrategy) against one process.
 
 The two workers train on exactly the batches and random starts of the single
-process (each reads every global batch and keeps its contiguous half, see
+process (each keeps its contiguous half of every global batch, see
 `distribute.training_input`), so the per-epoch r/K must be equal and the
 losses and statistic equal up to the rounding of a different summation order.
 """
