@@ -1,7 +1,7 @@
 """Images per second per CPU core of the training input pipelines, and cores per GPU.
 
 Times the two training pipelines of `deat_tf.datasets`, built by the same
-function `get_pipelines` uses (`datasets._training_stream`: shuffle, enumerate,
+function `datasets.get_pipelines` uses (`streams.training_stream`: shuffle, enumerate,
 a parallel map of the augmentation seeded by (seed, position), batch, prefetch):
 
 - ImageNet: encoded JPEGs read from TFRecord files of `tf.train.Example`s
@@ -220,9 +220,9 @@ def cifar_source():
 
 def training_pipeline(source, augmentation, batch_size):
     """The endless training stream `datasets.get_pipelines` builds around a source."""
-    from deat_tf import datasets, preprocessing
+    from deat_tf import preprocessing, streams
 
-    stream = datasets._training_stream(
+    stream = streams.training_stream(
         source,
         preprocessing.training_preprocess(augmentation, IMAGE_SIZE),
         batch_size,

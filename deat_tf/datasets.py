@@ -34,13 +34,12 @@ the training element order fixed. Evaluation pipelines always keep their order.
 """
 
 import dataclasses
-import functools
 import os
 
 import numpy as np
 import tensorflow as tf
 
-from deat_tf import checks, preprocessing
+from deat_tf import checks, preprocessing, streams
 
 MNIST_SAMPLE_PATH = os.path.join(os.path.dirname(__file__), "data", "mnist-10k.npz")
 
@@ -58,7 +57,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 AUGMENTATIONS = ("auto",) + preprocessing.AUGMENTATIONS
 ARRAY_KEYS = ("x_train", "y_train", "x_test", "y_test")
 IMAGENET_MANUAL_FILES = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")
-_AUTOTUNE = tf.data.AUTOTUNE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -409,7 +407,7 @@ def _source(name, split, data_dir=None, deterministic=True, seed=0):
         split=tfds_split,
         shuffle_files=split.startswith("train[:-"),
         decoders=decoders,
-        read_config=tfds.ReadConfig(shuffle_seed=seed, options=_options(deterministic)),
+        read_config=tfds.ReadConfig(shuffle_seed=seed, options=streams.options(deterministic)),
         as_supervised=True,
     )
     splits = builder.info.splits
@@ -425,109 +423,6 @@ def _slice(split):
     inside = split[split.index("[") + 1 : -1]
     low, high = inside.split(":")
     return slice(int(low) if low else None, int(high) if high else None)
-
-
-# ------------------------------------------------------------------ pipelines
-
-
-def _options(deterministic):
-    options = tf.data.Options()
-    options.deterministic = bool(deterministic)
-    return options
-
-
-def _epoch_seed(seed, epoch):
-    """The shuffle seed of one epoch: a Python int, as `Dataset.shuffle` needs."""
-    return int(seed) * 1_000_003 + int(epoch)
-
-
-def _training_stream(
-    source, preprocess, batch_size, shuffle_buffer, seed, deterministic, epochs, steps_per_epoch
-):
-    """A function (initial epoch, part) -> the training batches of epochs [initial, epochs).
-
-    `part` = (first, size) keeps examples [first, first + size) of every batch
-    (a worker's share of the global batch), dropped before decoding; None
-    keeps whole batches.
-
-    Every epoch is built on its own, from seeds that depend only on (seed,
-    epoch): its shuffle order and each example's augmentation (seeded by its
-    position in the epoch). So the batches of epoch e are the same whether the
-    run started at epoch 0 or resumed at e, which exact resume needs; and each
-    epoch has exactly `steps_per_epoch` full batches, as the M+ rule assumes.
-    Without `epochs`, an endless stream reshuffled at every pass (not resumable).
-    """
-
-    def augment_epoch(dataset, epoch, part):
-        def augment(position, example):
-            image, label = example
-            # A stateless seed is two int64s: (seed, position in the whole run).
-            example_seed = tf.stack([tf.constant(seed, tf.int64), epoch * (1 << 32) + position])
-            return preprocess(image, example_seed), label
-
-        dataset = dataset.enumerate()
-        size = batch_size
-        if part is not None:
-            first, size = part
-            # Drop the rest of each batch before decoding and augmenting it; the
-            # kept examples keep their positions, hence their augmentation.
-            dataset = dataset.filter(
-                lambda position, _: tf.logical_and(
-                    position % batch_size >= first, position % batch_size < first + size
-                )
-            )
-        dataset = dataset.map(augment, num_parallel_calls=_AUTOTUNE)
-        return dataset.batch(size, drop_remainder=True, num_parallel_calls=_AUTOTUNE)
-
-    def finish(dataset):
-        return dataset.prefetch(_AUTOTUNE).with_options(_options(deterministic))
-
-    def stream(initial_epoch=0, part=None):
-        if part is not None:
-            first, size = part
-            checks.check_count(first, "part's first example", 0)
-            checks.check_count(size, "part's size", 1)
-            if first + size > batch_size:
-                raise ValueError(
-                    f"part ({first}, {size}) reaches past the batch of {batch_size} examples."
-                )
-        if epochs is None:
-            if initial_epoch:
-                raise ValueError(
-                    "initial_epoch needs the number of epochs (get_pipelines(epochs=...))."
-                )
-            endless = source.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-            return finish(augment_epoch(endless.repeat(), 0, part))
-        checks.check_count(initial_epoch, "initial_epoch", 0)
-        if initial_epoch >= epochs:
-            raise ValueError(f"initial_epoch must be < epochs ({epochs}), got {initial_epoch}.")
-        epoch_datasets = []
-        for epoch in range(initial_epoch, epochs):
-            # Not reshuffled per iteration: the order must not depend on how
-            # often the dataset was iterated before (fit peeks at a batch first).
-            shuffled = source.shuffle(
-                shuffle_buffer, seed=_epoch_seed(seed, epoch), reshuffle_each_iteration=False
-            )
-            one_epoch = shuffled.repeat().take(steps_per_epoch * batch_size)
-            epoch_datasets.append(augment_epoch(one_epoch, epoch, part))
-        return finish(
-            functools.reduce(lambda earlier, later: earlier.concatenate(later), epoch_datasets)
-        )
-
-    return stream
-
-
-def _evaluation_pipeline(dataset, preprocess, batch_size, cache, limit=None):
-    """Batches in a fixed order (evaluation order costs nothing and eases comparisons)."""
-    if limit is not None:
-        dataset = dataset.take(limit)
-    dataset = dataset.map(
-        lambda image, label: (preprocess(image), label), num_parallel_calls=_AUTOTUNE
-    )
-    if cache:
-        dataset = dataset.cache()
-    dataset = dataset.batch(batch_size, num_parallel_calls=_AUTOTUNE)
-    return dataset.prefetch(_AUTOTUNE).with_options(_options(True))
 
 
 def check_sizes(spec, validation_size, batch_size):
@@ -669,7 +564,7 @@ def get_pipelines(
     cache = name != "imagenet2012"
     if cache and parse_name(name)[0] == "tfds":
         train_source = train_source.cache()
-    training = _training_stream(
+    training = streams.training_stream(
         train_source,
         train_preprocess,
         batch_size,
@@ -679,13 +574,13 @@ def get_pipelines(
         epochs,
         steps_per_epoch,
     )
-    validation = _evaluation_pipeline(
+    validation = streams.evaluation_batches(
         validation_source, evaluation_preprocess, evaluation_batch_size, cache=cache
     )
     train_evaluation = None
     if train_evaluation_examples:
         subset, _ = source(f"train[:{train_evaluation_examples}]")
-        train_evaluation = _evaluation_pipeline(
+        train_evaluation = streams.evaluation_batches(
             subset, evaluation_preprocess, evaluation_batch_size, cache=cache
         )
     return Pipelines(
@@ -749,7 +644,7 @@ def evaluation_split(
     preprocess = preprocessing.evaluation_preprocess(augmentation, crop)
     dataset = source.map(
         lambda image, label: (preprocess(image), tf.cast(label, tf.int64)),
-        num_parallel_calls=_AUTOTUNE,
+        num_parallel_calls=streams.AUTOTUNE,
         deterministic=True,
     )
     return dataset, size, num_classes
