@@ -72,6 +72,33 @@ def define_step_timing_flags(output, resnet_width):
     )
 
 
+def step_timing_header(flag_values, **settings):
+    """The first fields of a step-timing benchmark's JSON: command, date, machine, settings.
+
+    Args:
+        flag_values: The parsed flags of `define_step_timing_flags`.
+        **settings: Further settings to record.
+
+    Returns:
+        A dict.
+    """
+    import sys
+    import time
+
+    return {
+        "command": "python " + " ".join(sys.argv),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "machine": machine_description(),
+        "settings": {
+            "rounds": flag_values.rounds,
+            "steps": flag_values.steps,
+            "warmup": flag_values.warmup,
+            "resnet_width": flag_values.resnet_width,
+            **settings,
+        },
+    }
+
+
 def synthetic_setups(networks, resnet_width):
     """One random batch per network, for timing train steps on in-memory data.
 

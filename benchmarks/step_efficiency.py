@@ -19,7 +19,6 @@ not the input pipeline or callbacks.
 
 import os
 import statistics
-import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -102,16 +101,7 @@ def main(argv):
     tf.get_logger().setLevel("ERROR")
 
     results = {
-        "command": "python " + " ".join(sys.argv),
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "machine": common.machine_description(),
-        "settings": {
-            "rounds": FLAGS.rounds,
-            "steps": FLAGS.steps,
-            "warmup": FLAGS.warmup,
-            "resnet_width": FLAGS.resnet_width,
-            "jit_compile": FLAGS.jit_compile,
-        },
+        **common.step_timing_header(FLAGS, jit_compile=FLAGS.jit_compile),
         "networks": [],
     }
     for name, setup in common.synthetic_setups(FLAGS.networks, FLAGS.resnet_width).items():
