@@ -479,8 +479,10 @@ class RunSummary:
         parts = [
             f"epoch {record['epoch']:>3}/{self.epochs}",
             f"{self.count_name}={record.get('attack_steps', math.nan):g}",
-            f"M={record.get('grad_magnitude', math.nan):.4g}",
         ]
+        if "grad_magnitude" in record:
+            # Absent when the model does not compute M (track_magnitude).
+            parts.append(f"M={record['grad_magnitude']:.4g}")
         if math.isfinite(record.get("threshold", math.nan)):
             parts.append(f"T={record['threshold']:.4g}")
         parts.append(f"loss {record.get('loss', math.nan):.4f}")
@@ -535,9 +537,12 @@ class RunSummary:
         )
         lines = [header, "-" * len(header)]
         for record in self.records:
+            # M is absent when the model does not compute it (track_magnitude).
+            magnitude = record.get("grad_magnitude")
+            magnitude = "-" if magnitude is None else f"{magnitude:.4g}"
             lines.append(
                 f"{record['epoch']:>5} {record.get('attack_steps', math.nan):>3g} "
-                f"{record.get('grad_magnitude', math.nan):>11.4g} "
+                f"{magnitude:>11} "
                 f"{record.get('adv_accuracy', math.nan):>8.4f} "
                 f"{record.get('val_accuracy', math.nan):>9.4f} "
                 f"{record.get('val_robust_accuracy', math.nan):>10.4f} "

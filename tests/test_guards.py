@@ -115,8 +115,7 @@ def test_a_real_collapse_stops_the_run_and_keeps_the_best_network(tmp_path, caps
     workdir = tmp_path / "collapsed"
     # SGD at 0.05, then 0.5 from epoch 2: measured to fall to ln(10) at chance
     # accuracy within two epochs on these digits.
-    code = run(
-        workdir,
+    collapsing = (
         "--epochs=6",
         "--scheduler=none",
         "--optimizer=sgd",
@@ -126,7 +125,7 @@ def test_a_real_collapse_stops_the_run_and_keeps_the_best_network(tmp_path, caps
         "--lr_decay=10",
         "--weight_decay=0",
     )
-    assert code == 0
+    assert run(workdir, *collapsing) == 0
     stored = summary(workdir)
     assert stored["status"].startswith("stopped: collapse at epoch ")
     assert stored["epochs_completed"] < 6
@@ -136,20 +135,7 @@ def test_a_real_collapse_stops_the_run_and_keeps_the_best_network(tmp_path, caps
     assert stored["test"]["best"]["accuracy"] > 0.5
     assert (workdir / "best_network.keras").exists()
     # A stopped run counts as done: the same command does not train it again.
-    assert (
-        run(
-            workdir,
-            "--epochs=6",
-            "--scheduler=none",
-            "--optimizer=sgd",
-            "--learning_rate=0.05",
-            "--lr_schedule=piecewise",
-            "--lr_boundaries=1",
-            "--lr_decay=10",
-            "--weight_decay=0",
-        )
-        == 0
-    )
+    assert run(workdir, *collapsing) == 0
     assert "already finished" in capsys.readouterr().out
 
 

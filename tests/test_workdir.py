@@ -61,13 +61,19 @@ def tiny_model():
     return model
 
 
-def test_best_epoch_is_robust_then_clean_accuracy_and_never_a_chance_level_network(tmp_path):
+def recording_run(tmp_path, epochs):
+    """A RunRecorder on a tiny model, with its state and checkpoints."""
     model = tiny_model()
     state = workdir.RunState()
     checkpoints = workdir.Checkpoints(str(tmp_path / "checkpoints"), model, state)
-    summary = workdir.RunSummary(str(tmp_path / "summary.json"), {}, 5, "r", state)
+    summary = workdir.RunSummary(str(tmp_path / "summary.json"), {}, epochs, "r", state)
     recorder = workdir.RunRecorder(checkpoints, state, summary, num_classes=10)
     recorder.set_model(model)
+    return state, checkpoints, recorder
+
+
+def test_best_epoch_is_robust_then_clean_accuracy_and_never_a_chance_level_network(tmp_path):
+    state, checkpoints, recorder = recording_run(tmp_path, epochs=5)
     epochs = [
         {"loss": 1.0, "val_robust_accuracy": 0.10, "val_accuracy": 0.80},
         {"loss": 1.0, "val_robust_accuracy": 0.30, "val_accuracy": 0.70},  # more robust: best
@@ -88,12 +94,7 @@ def test_best_epoch_is_robust_then_clean_accuracy_and_never_a_chance_level_netwo
 
 
 def test_an_epoch_with_non_finite_loss_is_not_saved(tmp_path):
-    model = tiny_model()
-    state = workdir.RunState()
-    checkpoints = workdir.Checkpoints(str(tmp_path / "checkpoints"), model, state)
-    summary = workdir.RunSummary(str(tmp_path / "summary.json"), {}, 2, "r", state)
-    recorder = workdir.RunRecorder(checkpoints, state, summary, num_classes=10)
-    recorder.set_model(model)
+    state, checkpoints, recorder = recording_run(tmp_path, epochs=2)
     recorder.on_epoch_end(0, {"loss": 1.0, "val_accuracy": 0.5})
     recorder.on_epoch_end(1, {"loss": float("nan"), "val_accuracy": 0.5})
     assert recorder.skipped_epoch == 2 and state.epochs_done == 1
@@ -138,3 +139,18 @@ def test_missing_epochs_are_added_to_tensorboard_and_none_twice(tmp_path):
     workdir.complete_tensorboard(str(log_dir), records)  # idempotent
     assert workdir._tensorboard_epochs(str(log_dir / "train"), "epoch_loss") == {0, 1}
     assert workdir._tensorboard_epochs(str(log_dir / "validation"), "epoch_accuracy") == {1}
+
+
+def test_the_summary_shows_no_magnitude_for_a_model_that_does_not_compute_it(tmp_path):
+    state = workdir.RunState()
+    state.records.extend(
+        [
+            {"epoch": 1, "attack_steps": 1, "loss": 2.0, "best": True},
+            {"epoch": 2, "attack_steps": 2, "loss": 1.5, "grad_magnitude": 12.5, "best": False},
+        ]
+    )
+    summary = workdir.RunSummary(str(tmp_path / "summary.json"), {}, 2, "K", state)
+    untracked, tracked = summary.table().splitlines()[2:4]
+    assert untracked.split()[2] == "-" and tracked.split()[2] == "12.5"
+    assert "M=" not in summary.epoch_line(state.records[0])
+    assert "M=12.5" in summary.epoch_line(state.records[1])
