@@ -183,7 +183,11 @@ def minibatch_time_model(deat_seconds):
     points = sorted(deat_seconds.items())
     if len(points) == 1:
         replays, seconds = points[0]
-        return {"fixed_seconds": 0.0, "seconds_per_replay": seconds / replays, "fit": "r=1 point"}
+        return {
+            "fixed_seconds": 0.0,
+            "seconds_per_replay": seconds / replays,
+            "fit": f"one point (r = {replays}): t(r) proportional to r",
+        }
     mean_r = sum(r for r, _ in points) / len(points)
     mean_t = sum(t for _, t in points) / len(points)
     slope = sum((r - mean_r) * (t - mean_t) for r, t in points) / sum(
