@@ -53,6 +53,7 @@ status 1, unless `--smoke` or `--allow_cpu`.
 """
 
 import gc
+import json
 import math
 import os
 import statistics
@@ -575,6 +576,16 @@ def print_table(results):
         )
 
 
+def _holds_gpu_results(path):
+    """Whether `path` is a JSON file of a run that found a GPU."""
+    try:
+        with open(path) as file:
+            previous = json.load(file)
+    except (OSError, ValueError):
+        return False
+    return isinstance(previous, dict) and (previous.get("device") or {}).get("gpu_name") is not None
+
+
 def main(argv):
     del argv
     check_flags()
@@ -609,7 +620,11 @@ def main(argv):
     }
     if device["gpu_name"] is None and not (settings["smoke"] or FLAGS.allow_cpu):
         results.update(status="no GPU", plan=[], projections={"rows": []})
-        common.write_json(FLAGS.output, results)
+        if _holds_gpu_results(FLAGS.output):
+            # A CPU-only run must not replace figures measured on a GPU.
+            print(f"{FLAGS.output} holds GPU results; left as it is.")
+        else:
+            common.write_json(FLAGS.output, results)
         sys.exit(1)
     if settings["smoke"]:
         plan = list(SMOKE_PLAN)

@@ -126,6 +126,16 @@ def test_without_a_gpu_it_says_so_and_fails(tmp_path):
     assert results["configurations"] == []
 
 
+@pytest.mark.skipif(HAS_GPU, reason="a GPU is visible")
+def test_a_run_without_a_gpu_keeps_earlier_gpu_results(tmp_path):
+    earlier = {"device": {"gpu_name": "NVIDIA H200"}, "configurations": [{"status": "ok"}]}
+    (tmp_path / "gpu.json").write_text(json.dumps(earlier))
+    process, results = run_benchmark(tmp_path)
+    assert process.returncode == 1
+    assert "holds GPU results; left as it is" in process.stdout
+    assert results == earlier
+
+
 def test_bad_flag_is_refused_before_any_work(tmp_path):
     process, results = run_benchmark(tmp_path, "--networks=preact_resnet18,vgg")
     assert process.returncode != 0 and results is None
