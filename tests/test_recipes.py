@@ -140,3 +140,21 @@ def test_the_mart_recipe_updates_batch_norm_in_its_attack_like_the_reference():
     # Measured about one point better with the reference's statistics (docs/algorithm.md).
     assert load("cifar10_mplus_mart").attack_batch_norm == "update"
     assert load("cifar10_mplus_trades").attack_batch_norm == "stateless"
+
+
+@pytest.mark.parametrize(
+    "name", ["cifar10_mplus_pgd", "cifar10_mplus_trades", "cifar10_mplus_mart"]
+)
+def test_the_m_plus_recipes_step_like_the_authors_scripts(name):
+    # Hand values of the authors' mpgd/mtrades/mmart_cifar10.py: after every rise of K they set
+    # alpha = epsilon / K, floored at --alpha 2/255; epsilon = 8/255.
+    expected = {1: 8 / 255, 2: 4 / 255, 3: 8 / 765, 4: 2 / 255, 5: 2 / 255, 7: 2 / 255}
+    recipe = load(name)
+    input_spec, steps_per_epoch = train.input_plan(recipe)
+    built = train.build_model(
+        config_lib.replace(recipe, model_width=2), input_spec, steps_per_epoch
+    )
+    for steps, step_size in expected.items():
+        assert built.replay_step_size(steps) == pytest.approx(step_size, rel=1e-6), steps
+    # Plain TRADES-10 and MART-10 (K fixed at 10) keep the constant 2/255 of their papers.
+    assert built.replay_step_size(10) == pytest.approx(2 / 255, rel=1e-6)
