@@ -391,7 +391,28 @@ class AdversarialModel(validation.RobustValidation, keras.Model):
                 "carry_perturbation needs fit() to receive a tf.data.Dataset or arrays, so "
                 "that the perturbation buffer can be sized from the batch."
             )
+        if self._method.replays:
+            kwargs["callbacks"] = _with_count_check(kwargs.get("callbacks"), self)
         return super().fit(x, y, batch_size=batch_size, **kwargs)
+
+    def retrace_if_the_count_changed(self):
+        """Rebuilds the train function when `attack_steps` differs from the traced count.
+
+        The replays are unrolled at trace time, so a restore that assigns the
+        count variable directly (`keras.callbacks.BackupAndRestore`,
+        `load_weights`, `tf.train.Checkpoint.restore`) would otherwise leave
+        the traced count in force. `fit` calls it at the start of training and
+        of every epoch, after the callbacks given to it.
+
+        Returns:
+            True when the train function was rebuilt.
+        """
+        if not self._method.replays or self.train_function is None:
+            return False
+        if self.attack_steps == self._traced_steps:
+            return False
+        self.make_train_function(force=True)
+        return True
 
     def _num_classes(self, images):
         outputs = getattr(self.network, "outputs", None)
@@ -711,6 +732,30 @@ class AdversarialModel(validation.RobustValidation, keras.Model):
             config.pop("network"), custom_objects=custom_objects
         )
         return cls(network, **config)
+
+
+class _TrainWithTheHeldCount(keras.callbacks.Callback):
+    """Runs after every other callback: retraces when a restore changed the count."""
+
+    def on_train_begin(self, logs=None):
+        self.model.retrace_if_the_count_changed()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.model.retrace_if_the_count_changed()
+
+
+def _with_count_check(callbacks, model):
+    """The callbacks given to fit, followed by the count check (last, so after any restore)."""
+    if isinstance(callbacks, keras.callbacks.CallbackList):
+        if not any(isinstance(each, _TrainWithTheHeldCount) for each in callbacks.callbacks):
+            check = _TrainWithTheHeldCount()
+            check.set_model(model)
+            callbacks.callbacks.append(check)
+        return callbacks
+    callbacks = [] if callbacks is None else list(callbacks)
+    if not any(isinstance(each, _TrainWithTheHeldCount) for each in callbacks):
+        callbacks.append(_TrainWithTheHeldCount())
+    return callbacks
 
 
 def _identity(images):
