@@ -112,6 +112,10 @@ class AdversarialModel(validation.RobustValidation, keras.Model):
             None: yes for deat, free, pgd, trades and mart; no for fgsm_rs,
             where M would cost an input gradient at every update and no
             scheduler reads it, and none.
+        evaluation_precision: "float32" (default): `evaluate` and fit's
+            validation run a mixed-precision network's layers in float32 on
+            the same weights, as the reference code evaluates a float32 copy;
+            "network": in the network's own policy (16 bits).
         **kwargs: Passed to `keras.Model` (e.g. name).
     """
 
@@ -135,6 +139,7 @@ class AdversarialModel(validation.RobustValidation, keras.Model):
         attack_batch_norm="stateless",
         steps_after_misclassified=None,
         track_magnitude=None,
+        evaluation_precision="float32",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -182,6 +187,9 @@ class AdversarialModel(validation.RobustValidation, keras.Model):
             steps_after_misclassified, self.method
         )
         self.track_magnitude = methods.track_magnitude(track_magnitude, self.method)
+        self.evaluation_precision = checks.check_choice(
+            evaluation_precision, models.EVALUATION_PRECISIONS, "evaluation_precision"
+        )
         self.network = network
 
         initial_steps = self._method.check_steps(
@@ -723,6 +731,7 @@ class AdversarialModel(validation.RobustValidation, keras.Model):
             "attack_batch_norm": self.attack_batch_norm,
             "steps_after_misclassified": self.steps_after_misclassified,
             "track_magnitude": self.track_magnitude,
+            "evaluation_precision": self.evaluation_precision,
         }
 
     @classmethod

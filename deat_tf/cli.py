@@ -365,6 +365,14 @@ def define_evaluate_flags(flag_values):
         "(bin/evaluate runs on one machine).",
         flag_values=flag_values,
     )
+    flags.DEFINE_string(
+        "evaluation_precision",
+        "float32",
+        "float32: a mixed-precision network's layers compute in float32 on its float32 "
+        "weights (as the reference code attacks a float32 copy); network: its saved 16-bit "
+        "policy.",
+        flag_values=flag_values,
+    )
     flags.DEFINE_bool(
         "jit_compile",
         False,
@@ -454,7 +462,9 @@ def evaluate(flag_values, program=EVALUATE_PROGRAM, stdout=None, stderr=None):
         output = _check_output_path(flag_values.output)
         checks.check_choice(flag_values.strategy, EVALUATE_STRATEGIES, "strategy")
         strategy = distribute.make_strategy(flag_values.strategy)
-        model = evaluation.load_classifier(settings["model"], strategy)
+        model = evaluation.load_classifier(
+            settings["model"], strategy, precision=flag_values.evaluation_precision
+        )
         data = evaluation.load_data(
             settings["dataset"],
             settings["n_examples"],
@@ -474,6 +484,7 @@ def evaluate(flag_values, program=EVALUATE_PROGRAM, stdout=None, stderr=None):
         "dataset": settings["dataset"],
         "preset": settings["preset"],
         "n_examples": settings["n_examples"],
+        "evaluation_precision": flag_values.evaluation_precision,
         **report,
         "versions": _versions(),
     }

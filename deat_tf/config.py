@@ -30,7 +30,7 @@ import os
 import types
 import typing
 
-from deat_tf import methods
+from deat_tf import checks, methods, models
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,6 +116,9 @@ class TrainConfig:
         precision: float32, mixed_float16 (with dynamic loss scaling) or
             mixed_bfloat16: the Keras dtype policy of the network; logits,
             losses, perturbations and the statistic stay float32.
+        evaluation_precision: float32 (validation and the final test run a
+            mixed-precision network's layers in float32, as the reference
+            code evaluates a float32 copy) or network (its own 16 bits).
         seed: Seed of weights, random starts, shuffling and augmentation.
         progress_bar: Show Keras' per-epoch progress bar.
         stop_on_collapse: Stop when training collapses to chance or overfits
@@ -178,6 +181,7 @@ class TrainConfig:
     strategy: str = "auto"
     jit_compile: bool = False
     precision: str = "float32"
+    evaluation_precision: str = "float32"
     seed: int = 0
     progress_bar: bool = True
     stop_on_collapse: bool = True
@@ -189,6 +193,9 @@ class TrainConfig:
         methods.check_carry(self.carry_perturbation, self.method)
         methods.check_steps_after_misclassified(self.steps_after_misclassified, self.method)
         methods.check_magnitude_scheduler(self.scheduler, self.track_magnitude, self.method)
+        checks.check_choice(
+            self.evaluation_precision, models.EVALUATION_PRECISIONS, "evaluation_precision"
+        )
 
     def to_dict(self):
         """The configuration as a JSON-ready dict (tuples become lists)."""

@@ -15,7 +15,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from deat_tf import attacks, checks, datasets
+from deat_tf import attacks, checks, datasets, models
 
 
 @dataclasses.dataclass
@@ -90,7 +90,7 @@ def _first_line(error):
     return text.splitlines()[0][:300]
 
 
-def load_classifier(path, strategy=None):
+def load_classifier(path, strategy=None, precision="float32"):
     """Loads a `.keras` classifier; for an `AdversarialModel` returns its network.
 
     Args:
@@ -98,6 +98,9 @@ def load_classifier(path, strategy=None):
             network.keras) or any Keras classifier on [0, 1] images.
         strategy: Optional `tf.distribute.Strategy`; the model is loaded under
             its scope so that its variables are mirrored.
+        precision: "float32" (default): a mixed-precision network's layers
+            compute in float32 on its float32 weights, as the reference code
+            attacks a float32 copy; "network": its saved policy (16 bits).
 
     Returns:
         The Keras model to attack.
@@ -105,6 +108,7 @@ def load_classifier(path, strategy=None):
     Raises:
         ValueError: If the file is missing or is not a loadable Keras model.
     """
+    checks.check_choice(precision, models.EVALUATION_PRECISIONS, "evaluation_precision")
     if not path:
         raise ValueError("model is required: a .keras file (e.g. WORKDIR/model.keras).")
     if not os.path.isfile(path):
@@ -123,7 +127,9 @@ def load_classifier(path, strategy=None):
             f"model: cannot load {path!r} as a Keras model: {_first_line(error)}"
         ) from None
     if isinstance(model, AdversarialModel):
-        return model.network
+        model = model.network
+    if precision == "float32":
+        models.compute_in_float32(model)
     return model
 
 

@@ -23,6 +23,7 @@ reference network behind the published numbers (docs/algorithm.md section 6):
 BatchNorm starts at scale 1 and offset 0 under both.
 """
 
+import contextlib
 import dataclasses
 import math
 
@@ -598,3 +599,58 @@ def get_model(name, input_shape, num_classes, mean=(0.0,), std=(1.0,), width=Non
     if len(mean) == 1 and channels > 1:
         mean, std = mean * channels, std * channels
     return MODELS[name](mean=mean, std=std, **arguments)
+
+
+EVALUATION_PRECISIONS = ("float32", "network")
+
+
+def compute_in_float32(network):
+    """Makes every mixed-precision layer of the network compute in float32, in place.
+
+    Mixed policies keep the variables in float32, so the layers then compute
+    in float32 on the same weights, as a float32 copy of the network would
+    (the reference code evaluates `model.float()`): attacks see changes of
+    the input below 16-bit resolution and gradients cannot underflow.
+    Layers whose variables are themselves 16-bit are left as they are.
+
+    Args:
+        network: A Keras model.
+
+    Returns:
+        The (layer, previous policy) pairs changed, for `restore_policies`.
+    """
+    changed = []
+    for layer in [network, *all_layers(network)]:
+        policy = layer.dtype_policy
+        if policy.compute_dtype != "float32" and policy.variable_dtype == "float32":
+            changed.append((layer, policy))
+            layer.dtype_policy = "float32"
+    return changed
+
+
+def restore_policies(changed):
+    """Puts back the policies `compute_in_float32` replaced."""
+    for layer, policy in changed:
+        layer.dtype_policy = policy
+
+
+@contextlib.contextmanager
+def evaluation_precision(network, precision="float32"):
+    """A context in which the network computes in the precision evaluation uses.
+
+    Functions traced inside it (Keras' test function) keep that precision.
+
+    Args:
+        network: A Keras model.
+        precision: "float32" (mixed-precision layers compute in float32) or
+            "network" (its own policy, e.g. bfloat16).
+
+    Yields:
+        The network.
+    """
+    checks.check_choice(precision, EVALUATION_PRECISIONS, "evaluation_precision")
+    changed = compute_in_float32(network) if precision == "float32" else []
+    try:
+        yield network
+    finally:
+        restore_policies(changed)

@@ -335,6 +335,7 @@ def build_model(config, input_spec, steps_per_epoch):
         attack_batch_norm=config.attack_batch_norm,
         steps_after_misclassified=config.steps_after_misclassified,
         track_magnitude=config.track_magnitude,
+        evaluation_precision=config.evaluation_precision,
     )
     model.compile(optimizer=make_optimizer(config, steps_per_epoch), jit_compile=config.jit_compile)
     return model
@@ -626,20 +627,22 @@ def _evaluate_test(network, data, config, run):
     attacks = ["clean"]
     if config.test_attack_steps:
         attacks.append(f"pgd{config.test_attack_steps}")
-    report = evaluation.evaluate(
-        network,
-        data,
-        ",".join(attacks),
-        config.epsilon,
-        step_size=config.test_step_size,
-        seed=config.seed,
-        batch_size=config.evaluation_batch_size or config.batch_size,
-        # Only the chief of a cluster evaluates: on its own devices, since the
-        # other workers do not join this evaluation's all-reduces.
-        strategy=None if distribute.is_multi_worker(run.strategy) else run.strategy,
-    )
+    with models.evaluation_precision(network, config.evaluation_precision):
+        report = evaluation.evaluate(
+            network,
+            data,
+            ",".join(attacks),
+            config.epsilon,
+            step_size=config.test_step_size,
+            seed=config.seed,
+            batch_size=config.evaluation_batch_size or config.batch_size,
+            # Only the chief of a cluster evaluates: on its own devices, since the
+            # other workers do not join this evaluation's all-reduces.
+            strategy=None if distribute.is_multi_worker(run.strategy) else run.strategy,
+        )
     result = {
         "examples": report["examples"],
+        "precision": config.evaluation_precision,
         "accuracy": report["clean_accuracy"],
         "seconds": report["total_seconds"],
         "warnings": report["warnings"],

@@ -1,7 +1,9 @@
 """Validation of `AdversarialModel`: clean and PGD accuracy in `evaluate`.
 
 `evaluate` (and fit's validation) reports loss, accuracy and, with
-`validation_attack_steps` > 0, `robust_accuracy` under PGD. Each batch of a
+`validation_attack_steps` > 0, `robust_accuracy` under PGD. A mixed-precision
+network is evaluated computing in float32 unless the model's
+`evaluation_precision` is "network". Each batch of a
 pass starts its attack from its own noise, seeded by (seed, -1 - batch): a
 stream that training's (seed, minibatch >= 0) never uses, the same in every
 pass, so validation is reproducible for given weights (also after a resume)
@@ -11,16 +13,17 @@ and the same for 1 or N replicas.
 import keras
 import tensorflow as tf
 
-from deat_tf import attacks, checks, distribute
+from deat_tf import attacks, checks, distribute, models
 
 
 class RobustValidation:
     """The evaluation half of `AdversarialModel` (a mixin of `keras.Model`).
 
-    The model provides `network`, `epsilon`, `seed`, `validation_attack_steps`,
-    `validation_step_size`, the metrics `_loss_metric`, `_clean_accuracy`,
-    `_robust_accuracy`, `_results()`, and `_validation_batches` (a holder of
-    the batch counter, created by the first `evaluate`).
+    The model provides `network`, `epsilon`, `seed`, `evaluation_precision`,
+    `validation_attack_steps`, `validation_step_size`, the metrics
+    `_loss_metric`, `_clean_accuracy`, `_robust_accuracy`, `_results()`, and
+    `_validation_batches` (a holder of the batch counter, created by the first
+    `evaluate`).
     """
 
     def evaluate(self, *args, **kwargs):
@@ -37,7 +40,9 @@ class RobustValidation:
         self._in_evaluation = True
         self._start_validation_pass()
         try:
-            return super().evaluate(*args, **kwargs)
+            # The test function is traced inside: it keeps the evaluation precision.
+            with models.evaluation_precision(self.network, self.evaluation_precision):
+                return super().evaluate(*args, **kwargs)
         finally:
             self._in_evaluation = previous
 

@@ -1,6 +1,8 @@
 """Mixed precision: the attack and the statistic stay right in float16 and bfloat16."""
 
+import io
 import os
+import types
 
 import keras
 import numpy as np
@@ -8,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 import deat_tf
-from deat_tf import attacks, magnitude, models, train
+from deat_tf import attacks, cli, evaluation, magnitude, models, train
 from deat_tf import config as config_lib
 
 PRECISIONS = ("mixed_bfloat16", "mixed_float16")
@@ -133,3 +135,138 @@ def test_bfloat16_training_on_real_digits_still_becomes_robust(tmp_path):
     # A network trained clean scores 0 under this attack (tests/test_mnist_training.py);
     # measured here in bfloat16: 0.335.
     assert result["robust_accuracy"] > 0.2, result
+
+
+# ------------------------------------------------------- evaluation in float32
+
+COMPUTE_DTYPES = []
+
+
+@keras.saving.register_keras_serializable(package="deat_tf_tests")
+class DtypeProbe(keras.layers.Layer):
+    """Identity that records the dtype its input arrives in (at trace time and eagerly)."""
+
+    def call(self, inputs):
+        COMPUTE_DTYPES.append(keras.backend.standardize_dtype(inputs.dtype))
+        return inputs
+
+
+def probed_network(policy, seed=0):
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        keras.utils.set_random_seed(seed)
+        inputs = keras.Input((28, 28, 1))
+        hidden = models.Standardize(0.1307, 0.3081, name="standardize")(inputs)
+        hidden = DtypeProbe(name="probe")(hidden)
+        hidden = keras.layers.Conv2D(4, 3, activation="relu")(hidden)
+        hidden = keras.layers.Flatten()(hidden)
+        outputs = keras.layers.Dense(10, dtype="float32")(hidden)
+        return keras.Model(inputs, outputs)
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def recorded(function, *args, **kwargs):
+    """The dtypes the probe saw during function(*args, **kwargs), and its result."""
+    COMPUTE_DTYPES.clear()
+    result = function(*args, **kwargs)
+    return set(COMPUTE_DTYPES), result
+
+
+@pytest.mark.parametrize("policy", PRECISIONS)
+def test_validation_computes_in_float32_unless_told_to_keep_16_bits(mnist_sample, policy):
+    images, labels = mnist_sample["x_train"][:40], mnist_sample["y_train"][:40]
+    sixteen = policy.split("_")[1]
+    for precision, expected in (("float32", "float32"), ("network", sixteen)):
+        model = deat_tf.AdversarialModel(
+            probed_network(policy),
+            method="pgd",
+            epsilon=0.3,
+            attack_steps=1,
+            validation_attack_steps=2,
+            evaluation_precision=precision,
+        )
+        model.compile(optimizer=keras.optimizers.SGD(0.01))
+        # Training traces in the network's policy, validation in the evaluation precision.
+        COMPUTE_DTYPES.clear()
+        model.fit(images, labels, batch_size=20, epochs=1, verbose=0)
+        assert set(COMPUTE_DTYPES) == {sixteen}
+        seen, _ = recorded(model.evaluate, images, labels, batch_size=20, verbose=0)
+        assert seen == {expected}, precision
+        # The policy is put back after evaluation: the network still trains in 16 bits.
+        assert model.network.get_layer("probe").compute_dtype == sixteen
+    assert (
+        deat_tf.AdversarialModel.from_config(model.get_config()).evaluation_precision == "network"
+    )
+
+
+def test_the_final_test_of_bin_train_computes_in_float32(mnist_sample):
+    images, labels = mnist_sample["x_test"][:32], mnist_sample["y_test"][:32]
+    run = types.SimpleNamespace(strategy=tf.distribute.get_strategy())
+    network = probed_network("mixed_bfloat16")
+    for precision, expected in (("float32", "float32"), ("network", "bfloat16")):
+        config = config_lib.TrainConfig(
+            epsilon=0.3, test_attack_steps=2, batch_size=16, evaluation_precision=precision
+        )
+        seen, result = recorded(train._evaluate_test, network, (images, labels), config, run)
+        assert seen == {expected}, precision
+        assert result["precision"] == precision
+    assert network.get_layer("probe").compute_dtype == "bfloat16"
+
+
+@pytest.mark.parametrize("policy", PRECISIONS)
+def test_a_loaded_16_bit_network_resolves_input_changes_below_16_bit_resolution(
+    tmp_path, float32_weights, policy
+):
+    path = str(tmp_path / "network.keras")
+    network(policy, float32_weights).save(path)
+    # 0.75 is exact in both 16-bit formats; 1e-4 is below half their spacing there (bfloat16
+    # 2^-8, float16 2^-11 ~ 4.9e-4), so 0.75 + 1e-4 rounds back to 0.75 at the 16-bit input
+    # layer; float32 (spacing 6e-8) keeps it.
+    x = np.full((1, 28, 28, 1), 0.75, np.float32)
+    moved = x + np.float32(1e-4)
+
+    def change(model):
+        return float(np.abs(model(moved).numpy() - model(x).numpy()).max())
+
+    evaluated = evaluation.load_classifier(path)
+    assert {layer.compute_dtype for layer in evaluated.layers[1:]} == {"float32"}
+    assert change(evaluated) > 0.0
+    kept = evaluation.load_classifier(path, precision="network")
+    assert kept.get_layer("conv1").compute_dtype == policy.split("_")[1]
+    assert change(kept) == 0.0
+    # The same weights: at the input itself both agree to 16-bit rounding.
+    np.testing.assert_allclose(evaluated(x).numpy(), kept(x).numpy(), rtol=0.05, atol=0.05)
+    with pytest.raises(ValueError, match="evaluation_precision must be one of"):
+        evaluation.load_classifier(path, precision="bfloat16")
+
+
+def test_bin_evaluate_takes_the_evaluation_precision_flag(tmp_path, float32_weights):
+    path = str(tmp_path / "network.keras")
+    network("mixed_bfloat16", float32_weights).save(path)
+    for value in ("float32", "network"):
+        report = cli.run_evaluate(
+            [
+                f"--model={path}",
+                "--dataset=mnist_sample",
+                "--epsilon=0.3",
+                "--attacks=clean",
+                "--n_examples=16",
+                f"--evaluation_precision={value}",
+            ],
+            stdout=io.StringIO(),
+            stderr=io.StringIO(),
+        )
+        assert report["evaluation_precision"] == value
+    with pytest.raises(SystemExit):
+        cli.run_evaluate(
+            [
+                f"--model={path}",
+                "--dataset=mnist_sample",
+                "--epsilon=0.3",
+                "--evaluation_precision=16",
+            ],
+            stdout=io.StringIO(),
+            stderr=io.StringIO(),
+        )
