@@ -64,6 +64,7 @@ Design choices:
   (`load_classifier(path, strategy)` does; `check_model_strategy`).
 """
 
+import functools
 import time
 
 import numpy as np
@@ -147,8 +148,14 @@ class AttackSuite:
         self.jit_compile = bool(jit_compile)
         self.cascade = bool(cascade)
 
-    def _batches(self, data, attacked=None):
-        """(index, image, label) batches of the data, or of the examples marked in `attacked`."""
+    def _batches(self, data, attacked=None, replicas=1):
+        """(index, image, label) batches of the data, or of the examples marked in `attacked`.
+
+        A last batch with fewer examples than `replicas` is padded to one example
+        per replica with copies of its last example at index -1 (dropped from the
+        results): a replica given an empty batch fails in some CPU convolution
+        kernels.
+        """
         dataset = data.dataset.enumerate()
         if attacked is not None:
             keep = tf.constant(attacked)
@@ -163,6 +170,7 @@ class AttackSuite:
                 lambda index, pair: (index, pair[0], pair[1]), num_parallel_calls=tf.data.AUTOTUNE
             )
             .batch(self.batch_size)
+            .map(functools.partial(_pad_to_replicas, replicas=replicas))
             .prefetch(2)
             .with_options(options)
         )
@@ -222,7 +230,7 @@ class AttackSuite:
                 arrays, seconds = None, 0.0
             else:
                 distributed = strategy.experimental_distribute_dataset(
-                    self._batches(data, attacked)
+                    self._batches(data, attacked, strategy.num_replicas_in_sync)
                 )
                 size = data.size if attacked is None else int(attacked.sum())
                 arrays, seconds = _run_pass(
@@ -502,6 +510,16 @@ def _correct(logits, labels):
     return tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), labels)
 
 
+def _pad_to_replicas(index, images, labels, replicas):
+    """Pads a batch smaller than `replicas` with copies of its last example at index -1."""
+    missing = tf.maximum(replicas - tf.shape(index)[0], 0)
+    return (
+        tf.concat([index, tf.fill([missing], tf.constant(-1, index.dtype))], 0),
+        tf.concat([images, tf.repeat(images[-1:], missing, axis=0)], 0),
+        tf.concat([labels, tf.repeat(labels[-1:], missing, axis=0)], 0),
+    )
+
+
 def _run_pass(strategy, distributed, replica_fn, label, size, progress):
     """Runs `replica_fn` on every batch; returns per-example arrays in index order."""
     started = time.perf_counter()
@@ -519,7 +537,7 @@ def _run_pass(strategy, distributed, replica_fn, label, size, progress):
         for key, value in outputs.items():
             parts = [np.asarray(part) for part in strategy.experimental_local_results(value)]
             collected.setdefault(key, []).extend(parts)
-        done = sum(part.shape[0] for part in collected["index"])
+        done = sum(int(np.sum(part >= 0)) for part in collected["index"])
         now = time.perf_counter()
         if now - last_report >= 2.0:
             correct = np.concatenate(collected["correct"]).mean()
@@ -533,6 +551,8 @@ def _run_pass(strategy, distributed, replica_fn, label, size, progress):
     if not collected:
         raise ValueError("dataset yielded no examples.")
     arrays = {key: np.concatenate(parts) for key, parts in collected.items()}
+    real = arrays["index"] >= 0  # padding rows (see _pad_to_replicas) are dropped
+    arrays = {key: value[real] for key, value in arrays.items()}
     order = np.argsort(arrays["index"], kind="stable")
     return {key: value[order] for key, value in arrays.items()}, seconds
 

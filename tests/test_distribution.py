@@ -155,3 +155,31 @@ def test_synchronized_batch_norm_is_refused_where_the_attack_loop_cannot_synchro
         ValueError, match="this method runs its attack in a loop that cannot synchronise"
     ):
         train(two_replica_strategy, "pgd", mnist_sample, network="synchronized_batch_norm")
+
+
+@pytest.mark.parametrize("method", ["deat", "trades"])
+def test_a_last_minibatch_smaller_than_the_replica_count_trains(
+    mnist_sample, two_replica_strategy, method
+):
+    # 21 examples in minibatches of 10: the last has 1 example for 2 replicas. Without
+    # padding one replica trains on an empty batch (a TRADES loss of 0 / 0 = NaN there,
+    # and some CPU convolution kernels refuse empty inputs).
+    images, labels = mnist_sample["x_train"][:31], mnist_sample["y_train"][:31]
+    for data, options in (
+        ((images[:21], labels[:21]), {}),
+        # validation_split keeps the last 10 for validation: again 21 to train on.
+        ((images, labels), {"validation_split": 10 / 31}),
+    ):
+        with two_replica_strategy.scope():
+            keras.utils.set_random_seed(0)
+            model = deat_tf.AdversarialModel(
+                models.mnist_cnn(), method=method, epsilon=0.3, attack_steps=2
+            )
+            model.compile(optimizer=keras.optimizers.SGD(0.01))
+        history = model.fit(*data, batch_size=10, epochs=1, verbose=0, **options).history
+        assert np.isfinite(history["loss"]).all(), history
+        assert model.minibatches == 3
+        if options:
+            assert len(history["val_loss"]) == 1
+        for weight in model.network.get_weights():
+            assert np.isfinite(weight).all()

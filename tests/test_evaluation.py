@@ -600,3 +600,20 @@ def test_budget_check_allows_noise_only_across_step_sizes():
     assert not flagged(default_steps, 0.453)
     assert flagged(default_steps, 0.46)
     assert flagged(fixed_step, 0.453)
+
+
+def test_no_replica_is_given_an_empty_batch(mnist_sample):
+    # 5 examples in batches of 4 over 2 replicas: the last batch has 1 example, which
+    # would leave the second replica an empty batch (refused by some CPU convolution
+    # kernels: "input depth must be evenly divisible by filter depth").
+    strategy = distribute.mirrored_strategy(["CPU:0", "CPU:1"])
+    data = (mnist_sample["x_test"][:5], mnist_sample["y_test"][:5])
+    suite = evaluation.AttackSuite("clean", EPSILON, batch_size=4)
+    batches = suite._batches(evaluation.from_arrays(*data), replicas=2)
+    indices = []
+    for batch in strategy.experimental_distribute_dataset(batches):
+        parts = strategy.experimental_local_results(batch[0])
+        assert all(int(part.shape[0]) > 0 for part in parts), [part.shape for part in parts]
+        indices.extend(np.concatenate([np.asarray(part) for part in parts]).tolist())
+    # The padding is the last example again, at index -1, dropped from the results.
+    assert indices == [0, 1, 2, 3, 4, -1]
