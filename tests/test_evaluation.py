@@ -165,30 +165,54 @@ def test_robust_accuracy_is_correct_under_every_attack(clean_mnist_network, digi
     assert report["robust_correct"] == np.sum(clean & fgsm)
 
 
-def mirrored_copy(network, strategy):
-    """The network with its variables created under the strategy's scope, as bin/evaluate loads."""
+def mirrored_copy(network, strategy, dtype=None):
+    """The network with its variables created under the strategy's scope, as bin/evaluate loads.
+
+    With `dtype`, every layer computes (and keeps its weights) in that dtype.
+    """
+
+    def clone(layer):
+        config = layer.get_config()
+        if dtype is not None and not isinstance(layer, keras.layers.InputLayer):
+            config["dtype"] = dtype
+        return layer.__class__.from_config(config)
+
     with strategy.scope():
-        copy = keras.models.clone_model(network)
+        copy = keras.models.clone_model(network, clone_function=clone)
         copy.set_weights(network.get_weights())
+    if dtype is not None:
+        assert {layer.compute_dtype for layer in copy.layers[1:]} == {dtype}
     return copy
 
 
+# One device and two differ only by rounding: in float64 (rounding ~1e-16) no example's
+# outcome or sign step can follow it, on any CPU, so the counts must be equal.
 @pytest.mark.numerics
-def test_mirrored_strategy_gives_the_single_device_results(clean_mnist_network, digits, report):
+def test_mirrored_strategy_gives_the_single_device_results(clean_mnist_network, digits):
     strategy = distribute.mirrored_strategy(["CPU:0", "CPU:1"])
-    # 150 examples in batches of 149: the last global batch has one example, so
-    # one replica gets an empty batch; random starts are seeded per example.
-    distributed = evaluation.evaluate(
-        mirrored_copy(clean_mnist_network, strategy),
+    names = "clean,pgd6x2,apgd-t3"
+    single = evaluation.evaluate(
+        mirrored_copy(clean_mnist_network, tf.distribute.get_strategy(), "float64"),
         digits,
-        "clean,pgd6x2,apgd-t3",
+        names,
+        EPSILON,
+        batch_size=64,
+        cascade=False,
+    )
+    # 150 examples in batches of 149: the last global batch has one example for two
+    # replicas (padded to one each); random starts are seeded per example.
+    distributed = evaluation.evaluate(
+        mirrored_copy(clean_mnist_network, strategy, "float64"),
+        digits,
+        names,
         EPSILON,
         batch_size=149,
         strategy=strategy,
         cascade=False,
     )
     assert distributed["replicas"] == 2
-    single = results_by_name(report)
+    single = results_by_name(single)
+    assert 0 < single["pgd6x2"]["correct"] < single["clean"]["correct"]
     for name, result in results_by_name(distributed).items():
         for key in ("correct", "accuracy_by_run", "max_perturbation"):
             assert result[key] == single[name][key], (name, key)
@@ -260,18 +284,19 @@ def test_cascade_images_are_the_first_success_inside_the_ball(mnist_sample, casc
         assert result["within_bounds"], result["name"]
 
 
+@pytest.mark.numerics
 def test_cascade_under_mirrored_strategy_gives_the_single_device_results(
     clean_mnist_network, mnist_sample
 ):
     strategy = distribute.mirrored_strategy(["CPU:0", "CPU:1"])
     data = (mnist_sample["x_test"][:60], mnist_sample["y_test"][:60])
     names = "clean,apgd-ce3,square30"
-    # Batches of 59: the last has one example and one replica gets an empty batch.
+    # Batches of 59: the last has one example for two replicas. float64 as above.
     single, distributed = (
         evaluation.evaluate(network, data, names, EPSILON, batch_size=59, strategy=strategy)
         for network, strategy in (
-            (clean_mnist_network, None),
-            (mirrored_copy(clean_mnist_network, strategy), strategy),
+            (mirrored_copy(clean_mnist_network, tf.distribute.get_strategy(), "float64"), None),
+            (mirrored_copy(clean_mnist_network, strategy, "float64"), strategy),
         )
     )
     assert distributed["replicas"] == 2 and distributed["cascade"]
