@@ -395,6 +395,9 @@ def synthetic_report(**changes):
         ({"accuracies": {"pgd100": 0.55}}, {"monotone_in_budget"}),
         ({"accuracies": {"apgd-t": 0.7}}, {"stronger_than_fgsm"}),
         ({"zero_gradient_fraction": {"ce": 0.2, "margin": 0.0}}, {"zero_gradients"}),
+        ({"zero_gradient_fraction": {"ce": 0.01, "margin": 0.0}}, set()),
+        # AutoAttack's check_zero_gradients warns on any zero gradient of its scale-free loss.
+        ({"zero_gradient_fraction": {"ce": 0.0, "margin": 0.001}}, {"zero_gradients"}),
         ({"outputs_look_like_probabilities": True}, {"outputs_are_logits"}),
         ({"mismatches": {"pgd20": 3}}, {"reevaluation_agrees"}),
         ({"robust_accuracy": 0.42}, {"robust_at_most_each_attack"}),
@@ -442,10 +445,13 @@ def test_cascade_checks_compare_later_attacks_with_the_survivors_of_earlier_ones
     assert cascade_report({"pgd20": 1}, {}, step_size=0.01)["monotone_in_budget"] is False
     assert cascade_report({}, {}, step_size=0.01)["monotone_in_budget"] is True
     # FGSM and Square listed after the gradient attacks: what they alone fool is masking.
-    passed = cascade_report({}, {"fgsm": 5, "square": 5})
+    passed = cascade_report({}, {"fgsm": 5, "square": 2})
     assert passed["stronger_than_fgsm"] is True and passed["square_adds_little"] is True
-    flagged = cascade_report({}, {"fgsm": 6, "square": 6})
+    flagged = cascade_report({}, {"fgsm": 6, "square": 3})
     assert flagged["stronger_than_fgsm"] is False and flagged["square_adds_little"] is False
+    # AutoAttack's check_square_sr (alpha = 0.002): Square lowering the robust accuracy by
+    # 0.3% of 1,000 examples warns, 0.2% does not; and there is no minimum count.
+    assert cascade_report({}, {"square": 3})["square_adds_little"] is False
 
 
 def test_cascade_skips_comparisons_it_cannot_make():
