@@ -15,7 +15,6 @@ losses (cross-entropy, DLR, targeted DLR) are in `deat_tf.losses`; restarts and
 targets are composed by `attacks.strongest_attack`, like every other attack.
 """
 
-import math
 import weakref
 
 import tensorflow as tf
@@ -28,28 +27,63 @@ APGD_TARGET_CLASSES = 9
 
 
 def apgd_checkpoints(steps):
-    """The iterations at which APGD may halve its step size.
+    """The iterations at which APGD may halve its step size, as AutoAttack computes them.
 
-    w_j = ceil(p_j * steps) with p_0 = 0, p_1 = 0.22 and
-    p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06): checks come closer together
-    as the attack proceeds.
+    The paper's checkpoints are w_j = ceil(p_j * steps) with p_0 = 0, p_1 = 0.22
+    and p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06). AutoAttack's code
+    (`autopgd_base.py`) computes them in integers: the first window is
+    max(int(0.22 N), 1) iterations, and each next one is shorter by
+    max(int(0.03 N), 1) down to max(int(0.06 N), 1). For N = 100 both give 22,
+    41, 57, 70, 80, 87, 93, 99; for other N they can differ (N = 50: 11, 21, 30,
+    38, 45 here, against 11, 21, 29, 35, 40, 44, 47), and this function follows
+    the code.
 
     Args:
-        steps: The iteration budget (a Python int >= 0).
+        steps: The iteration budget N (a Python int >= 0).
 
     Returns:
-        A sorted list of distinct ints in (0, steps).
+        A sorted list of distinct ints in (0, steps). AutoAttack also checks at
+        iteration N itself where a window ends there; that check cannot change
+        the result, so it is left out.
     """
     steps = checks.check_count(steps, "steps", 0)
-    previous, current = 0.0, 0.22
+    window = max(int(0.22 * steps), 1)
+    shortest = max(int(0.06 * steps), 1)
+    decrease = max(int(0.03 * steps), 1)
     checkpoints = []
-    while current < 1.0:
-        # The small offset keeps 0.22 * 100 = 22.000000000000004 from rounding up to 23.
-        iteration = math.ceil(current * steps - 1e-9)
-        if 0 < iteration < steps and (not checkpoints or iteration > checkpoints[-1]):
-            checkpoints.append(iteration)
-        previous, current = current, current + max(current - previous - 0.03, 0.06)
+    iteration = window
+    while iteration < steps:
+        checkpoints.append(iteration)
+        window = max(window - decrease, shortest)
+        iteration += window
     return checkpoints
+
+
+def apgd_start(x, noise, epsilon):
+    """AutoAttack's APGD start: x + epsilon * t / max|t|, clipped to [0, 1].
+
+    Args:
+        x: Clean images [batch, ...] in [0, 1].
+        noise: A draw of the shape of x, uniform in a ball around 0 (per example
+            only its direction matters: it is rescaled so that its largest
+            coordinate has size epsilon, as AutoAttack rescales 2 U(0, 1) - 1).
+        epsilon: L-infinity radius.
+
+    Returns:
+        The start, inside the ball and [0, 1].
+    """
+    axes = list(range(1, x.shape.rank))
+    noise = tf.cast(noise, x.dtype)
+    epsilon = _as_dtype(epsilon, x.dtype)
+    largest = tf.reduce_max(tf.abs(noise), axis=axes, keepdims=True)
+    # AutoAttack adds 1e-12 to the norm; it only matters for an all-zero draw.
+    start = x + epsilon * noise / (largest + 1e-12)
+    return attacks.project(start, x, epsilon)
+
+
+def _as_dtype(value, dtype):
+    # tf.cast of a Python float goes through float32 (0.1 would become 0.10000000149).
+    return tf.cast(value, dtype) if tf.is_tensor(value) else tf.constant(value, dtype)
 
 
 def apgd_loop(
@@ -64,7 +98,7 @@ def apgd_loop(
     momentum=APGD_MOMENTUM,
     rho=APGD_RHO,
 ):
-    """Runs Auto-PGD for `steps` gradient evaluations from `x_start`.
+    """Runs Auto-PGD for `steps` steps from `x_start`, rule for rule as AutoAttack's code.
 
     Every example has its own step size, starting at 2 * epsilon. Steps mix the
     projected signed-gradient step with the previous move:
@@ -72,44 +106,65 @@ def apgd_loop(
         z = project(x_k + eta * sign(grad f(x_k)))
         x_{k+1} = project(x_k + momentum * (z - x_k) + (1 - momentum) * (x_k - x_{k-1}))
 
-    (the first step has no momentum). At each checkpoint of `apgd_checkpoints`
-    an example halves its step size and jumps back to the highest-loss point it
-    has seen if, since the previous checkpoint, its loss rose in fewer than
-    rho * (checkpoint interval) steps, or its step size was not halved at the
-    previous checkpoint and its best loss has not improved since.
+    (the first step has no momentum). The best point is the iterate with the
+    highest loss so far (a strictly higher loss replaces it). At each
+    checkpoint of `apgd_checkpoints`, closing a window of k iterations, an
+    example halves its step size and jumps back to its best point (and that
+    point's gradient) if
+
+    1. its loss rose from one iterate to the next at most rho * k times over
+       the k consecutive pairs that end at the checkpoint, or
+    2. it did not halve at the previous checkpoint and its best loss has not
+       risen since then (never at the first checkpoint).
+
+    Two details follow AutoAttack's `attack_single_run` rather than the paper:
+    the first window compares iterate 1 with 0 (the code's zero-initialised
+    loss history), not with the loss at the start; and after a jump back the
+    next loss is compared with the loss of the iterate that was left, not with
+    the best loss.
+
+    The start, iterate 0, is evaluated first; `steps` steps follow, each
+    evaluated once: steps + 1 evaluations, as in AutoAttack (the last needs no
+    gradient).
 
     Args:
         logits_fn: Callable mapping images to logits.
-        x: Clean images in [0, 1].
+        x: Clean images in [0, 1] (float32, or float64 to run in float64).
         labels: Integer labels [batch].
         x_start: The starting iterate, inside the ball and [0, 1].
         epsilon: L-infinity radius.
-        steps: Number of gradient evaluations, a Python int (the checkpoints are
-            fixed when the graph is built).
+        steps: Number of steps, a Python int (the checkpoints are fixed when
+            the graph is built).
         loss: "ce", "dlr" or "cw" (see `losses.attack_objective`).
         target_labels: Optional integer tensor [batch] for a targeted attack.
         momentum: Weight of the new step (0.75 in the paper).
-        rho: Fraction of loss increases below which the step size is halved.
+        rho: Fraction of loss increases at or below which the step size is halved.
 
     Returns:
         A tuple (strongest iterate per example, its loss, whether any iterate was
         misclassified); strongest means misclassified first, then highest loss.
+        An example no iterate misclassifies thus gets AutoAttack's best point.
     """
     steps = checks.check_count(steps, "steps", 0)
     checks.check_choice(loss, losses.APGD_LOSSES, "loss")
     checkpoints = apgd_checkpoints(steps)
+    x = tf.convert_to_tensor(x)
+    dtype = tf.float64 if x.dtype == tf.float64 else tf.float32
     # Per-iteration lookup tables: whether iteration k is a checkpoint and the
-    # length of the interval that ends there.
-    interval_lengths = [0] * max(steps, 1)
+    # length of the window that ends there.
+    window_lengths = [0] * max(steps, 1)
     previous = 0
     for checkpoint in checkpoints:
-        interval_lengths[checkpoint] = checkpoint - previous
+        window_lengths[checkpoint] = checkpoint - previous
         previous = checkpoint
-    interval_lengths = tf.constant(interval_lengths, tf.float32)
+    window_lengths = tf.constant(window_lengths, dtype)
+    momentum = tf.constant(momentum, dtype)
+    rho = tf.constant(rho, dtype)
 
-    x = tf.cast(x, tf.float32)
+    x = tf.cast(x, dtype)
+    x_start = tf.cast(x_start, dtype)
     labels = tf.cast(tf.reshape(labels, [-1]), tf.int32)
-    epsilon = tf.cast(epsilon, tf.float32)
+    epsilon = _as_dtype(epsilon, dtype)
     batch = tf.shape(x)[0]
 
     def broadcast(per_example):
@@ -118,7 +173,7 @@ def apgd_loop(
     def evaluate(images, with_gradient):
         with tf.GradientTape() as tape:
             tape.watch(images)
-            logits = logits_fn(images)
+            logits = tf.cast(logits_fn(images), dtype)
             objective = losses.attack_objective(logits, labels, loss, target_labels)
             total = tf.reduce_sum(objective)
         gradient = tape.gradient(total, images) if with_gradient else None
@@ -156,24 +211,25 @@ def apgd_loop(
         best_loss = tf.where(improved, objective, best_loss)
         loss_at_check = tf.where(first, best_loss, loss_at_check)
         increases += tf.cast(
-            tf.logical_and(tf.logical_not(first), objective > previous_loss), tf.float32
+            tf.logical_and(tf.logical_not(first), objective > previous_loss), dtype
         )
 
-        interval = interval_lengths[k]
-        at_checkpoint = interval > 0
-        too_few_increases = increases < rho * interval
+        window = window_lengths[k]
+        at_checkpoint = window > 0
+        too_few_increases = increases <= rho * window
         stalled = tf.logical_and(tf.logical_not(halved_at_check), loss_at_check >= best_loss)
         halve = tf.logical_and(at_checkpoint, tf.logical_or(too_few_increases, stalled))
         step_size = tf.where(halve, step_size / 2.0, step_size)
+        # The loss history keeps this iterate's loss even where it jumps back.
+        following_loss = tf.where(first, tf.zeros_like(objective), objective)
         current = attacks.select(halve, best, current)
         gradient = attacks.select(halve, best_gradient, gradient)
-        objective = tf.where(halve, best_loss, objective)
         halved_at_check = tf.where(at_checkpoint, halve, halved_at_check)
         loss_at_check = tf.where(at_checkpoint, best_loss, loss_at_check)
         increases = tf.where(at_checkpoint, tf.zeros_like(increases), increases)
 
         target = attacks.project(current + broadcast(step_size) * tf.sign(gradient), x, epsilon)
-        weight = tf.where(first, 1.0, momentum)
+        weight = tf.where(first, tf.constant(1.0, dtype), momentum)
         following = attacks.project(
             current + weight * (target - current) + (1.0 - weight) * (current - previous_iterate),
             x,
@@ -183,7 +239,7 @@ def apgd_loop(
             following,
             current,
             step_size,
-            objective,
+            following_loss,
             increases,
             best,
             best_loss,
@@ -196,19 +252,20 @@ def apgd_loop(
         )
         return k + 1, state
 
-    per_example_zeros = tf.zeros([batch], tf.float32)
-    lowest = tf.fill([batch], tf.float32.min)
+    per_example_zeros = tf.zeros([batch], dtype)
+    lowest = tf.fill([batch], dtype.min)
     state = (
         x_start,
         x_start,
-        tf.fill([batch], 2.0) * epsilon,
+        tf.fill([batch], tf.constant(2.0, dtype)) * epsilon,
         lowest,
         per_example_zeros,
         x_start,
         lowest,
         tf.zeros_like(x_start),
         lowest,
-        tf.zeros([batch], tf.bool),
+        # As if halved before the start: condition 2 is off at the first checkpoint.
+        tf.ones([batch], tf.bool),
         x_start,
         lowest,
         tf.zeros([batch], tf.bool),
@@ -234,6 +291,58 @@ def apgd_loop(
     )
 
 
+def batch_starts(x, epsilon, seed, random_start=True):
+    """APGD's starts (`apgd_start`), one draw per batch and restart.
+
+    Restart i of seed s draws what a single restart of seed s + i draws.
+
+    Args:
+        x: Clean images.
+        epsilon: L-infinity radius.
+        seed: Integer seed (a Python int or a scalar tensor).
+        random_start: If False every restart starts at x.
+
+    Returns:
+        A function run index -> starting images.
+    """
+
+    def start(run):
+        if not random_start:
+            return x
+        run_seed = tf.stack([tf.cast(seed, tf.int64) + tf.cast(run, tf.int64), 0])
+        noise = tf.random.stateless_uniform(tf.shape(x), run_seed, -1.0, 1.0, dtype=x.dtype)
+        return apgd_start(x, noise, epsilon)
+
+    return start
+
+
+def example_starts(x, epsilon, seed, example_indices):
+    """APGD's starts (`apgd_start`), one draw per example seeded by (seed + run, index).
+
+    An example's start does not depend on the batch it sits in, so results are
+    the same for any batch size, batch order or number of replicas.
+
+    Args:
+        x: Clean images [batch, ...].
+        epsilon: L-infinity radius.
+        seed: Integer seed.
+        example_indices: Integer tensor [batch], the examples' positions in the dataset.
+
+    Returns:
+        A function run index -> starting images.
+    """
+    example_indices = tf.cast(example_indices, tf.int64)
+
+    def start(run):
+        run_seed = tf.cast(seed, tf.int64) + tf.cast(run, tf.int64)
+        example_seeds = tf.stack(
+            [tf.fill(tf.shape(example_indices), run_seed), example_indices], axis=1
+        )
+        return apgd_start(x, attacks.per_example_perturbation(x, example_seeds, 1.0), epsilon)
+
+    return start
+
+
 def _apgd_graph(model, x, y, epsilon, steps, restarts, seed, loss, random_start, target_labels):
     logits_fn = attacks.logits_function(model)
     y = tf.cast(tf.reshape(y, [-1]), tf.int32)
@@ -241,7 +350,7 @@ def _apgd_graph(model, x, y, epsilon, steps, restarts, seed, loss, random_start,
     def loop(x_start, _):
         return apgd_loop(logits_fn, x, y, x_start, epsilon, steps, loss, target_labels)
 
-    start = attacks.batch_starts(x, epsilon, seed, random_start)
+    start = batch_starts(x, epsilon, seed, random_start)
     return attacks.strongest_attack(loop, start, x, restarts)[0]
 
 
@@ -253,8 +362,9 @@ def _apgd_targeted_graph(model, x, y, epsilon, steps, restarts, seed, loss, targ
     def loop(x_start, target_labels):
         return apgd_loop(logits_fn, x, y, x_start, epsilon, steps, loss, target_labels)
 
-    start = attacks.batch_starts(x, epsilon, seed)
-    return attacks.strongest_attack(loop, start, x, restarts, targets)[0]
+    # AutoAttack draws a new start for every run, target after target.
+    start = batch_starts(x, epsilon, seed)
+    return attacks.strongest_attack(loop, start, x, restarts, targets, fresh_starts=True)[0]
 
 
 _COMPILED_APGD = weakref.WeakKeyDictionary()

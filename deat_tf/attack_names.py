@@ -14,12 +14,13 @@
   wrong classes, 100 iterations and one run per target unless named
   (`fab-t50x2`); `fab`: untargeted FAB (one gradient per class and iteration).
   Success means an adversarial example at L-infinity distance <= epsilon.
-- `square`: the Square attack (Andriushchenko et al. 2020), 5,000 queries of the
-  logits and no gradient; `square1000` names the budget, `square5000x5` the
-  restarts.
+- `square`: the Square attack (Andriushchenko et al. 2020), no gradient: the
+  stripes, then 5,000 random-search queries of the logits (AutoAttack's
+  n_queries); `square1000` names the queries, `square5000x5` the restarts.
 - `autoattack`: AutoAttack's standard list, `apgd-ce,apgd-t,fab-t,square`;
   `autoattack-plus`: its "plus" list, `apgd-ce100x5,apgd-dlr100x5,fab100x5,
-  square5000x5,apgd-t,fab-t`. Either may stand among other names.
+  square,apgd-t,fab-t` (Square runs once in both, as in AutoAttack's
+  `set_version`). Either may stand among other names.
 """
 
 import dataclasses
@@ -39,7 +40,7 @@ SQUARE_DEFAULT_QUERIES = square.SQUARE_QUERIES
 # the examples the earlier ones left robust (see `deat_tf.evaluation`).
 ATTACK_GROUPS = {
     "autoattack": "apgd-ce,apgd-t,fab-t,square",
-    "autoattack-plus": "apgd-ce100x5,apgd-dlr100x5,fab100x5,square5000x5,apgd-t,fab-t",
+    "autoattack-plus": "apgd-ce100x5,apgd-dlr100x5,fab100x5,square,apgd-t,fab-t",
 }
 # Attacks that follow the input gradient (the masking checks compare Square and FGSM with them).
 ITERATIVE_METHODS = ("pgd", "apgd", "apgd-t", "fab", "fab-t")
@@ -54,7 +55,8 @@ class AttackSpec:
         name: The name as given, e.g. "pgd20".
         method: "clean", "fgsm", "pgd", "apgd", "apgd-t", "fab", "fab-t" or "square".
         loss: "ce", "cw", "dlr" or "margin" (Square); "" for clean and FAB.
-        steps: Iterations per run; Square's query budget per run.
+        steps: Iterations per run; Square's random-search queries per run
+            (after the stripes).
         restarts: Restarts (per target for apgd-t and fab-t).
         step_size: Step of fgsm/pgd (None: the default for the suite's
             epsilon); None for the other attacks, whose steps adapt.
@@ -96,8 +98,11 @@ class AttackSpec:
         return self.steps * self.runs(num_classes)
 
     def queries(self):
-        """Square's query budget per attacked example (an example stops at its first success)."""
-        return self.steps * self.restarts if self.method == "square" else 0
+        """Square's query budget per attacked example: (steps + 1) per restart.
+
+        The stripes and `steps` proposals; an example stops at its first success.
+        """
+        return (self.steps + 1) * self.restarts if self.method == "square" else 0
 
     def budget_key(self):
         """Attacks with equal keys differ only in steps, restarts and step size."""

@@ -515,7 +515,7 @@ def strongest_over_runs(run, runs, x, counts=False):
     return result + (spent,) if counts else result
 
 
-def strongest_attack(loop, start, x, restarts, targets=None, counts=False):
+def strongest_attack(loop, start, x, restarts, targets=None, counts=False, fresh_starts=False):
     """Runs `loop` from every restart's start (towards every target) and keeps the strongest.
 
     This is the one composition of every multi-run attack: PGD, APGD, FAB and
@@ -534,6 +534,11 @@ def strongest_attack(loop, start, x, restarts, targets=None, counts=False):
         targets: Optional integer tensor [batch, targets] with a static second
             dimension: a targeted attack runs towards each column.
         counts: Whether `loop` returns a count; the sum over runs is returned last.
+        fresh_starts: With targets, call `start` with the run index (target *
+            restarts + restart), so that every target draws its own starts
+            (AutoAttack's APGD-T); otherwise with the restart index, so that
+            restart r of every target starts at the same point (FAB-T, whose
+            restart 0 is x).
 
     Returns:
         A tuple (strongest images, their losses, misclassified by any run, bool
@@ -545,7 +550,7 @@ def strongest_attack(loop, start, x, restarts, targets=None, counts=False):
 
     def run(index):
         target_labels = tf.gather(targets, index // restarts, axis=1)
-        return loop(start(index % restarts), target_labels)
+        return loop(start(index if fresh_starts else index % restarts), target_labels)
 
     return strongest_over_runs(run, targets.shape[1] * restarts, x, counts)
 

@@ -51,9 +51,12 @@ Design choices:
   no dropout), as everywhere in `attacks.py`.
 - Accuracy under an attack comes from running the network again on the images
   the attack returns, not from the attack's own bookkeeping.
-- Each example's random draws come from the stateless seed (seed + restart,
-  example index): the starts of PGD and APGD (`attacks.example_starts`), of
-  FAB's restarts (`fab.restart_starts`) and Square's windows
+- Each example's random draws come from the stateless seed (s + run, example
+  index), where s is the attack's own seed (`attack_seed`: the suite's seed
+  moved to a stream keyed on the attack's name), so every attack draws its
+  own starts, as AutoAttack does, and APGD-T a new one per target: the starts
+  of PGD (`attacks.example_starts`), APGD (`apgd.example_starts`), FAB's
+  restarts (`fab.restart_starts`) and Square's windows
   (`square.restart_seeds`). Every attack loss is per example, so results do
   not depend on the batch size, the batch order, the number of replicas or
   which other examples the cascade attacks: a `MirroredStrategy` run gives the
@@ -66,6 +69,7 @@ Design choices:
 
 import functools
 import time
+import zlib
 
 import numpy as np
 import tensorflow as tf
@@ -425,12 +429,32 @@ def _all_zero(gradient, x):
     return tf.reduce_all(tf.equal(gradient, 0.0), axis=list(range(1, x.shape.rank)))
 
 
+def attack_seed(seed, name):
+    """The seed of one attack of a list: the suite's seed moved to the attack's own stream.
+
+    AutoAttack draws every attack's random starts afresh; keying the stream on
+    the attack's name (not its position) gives each attack of a list its own
+    draws, and an attack the same draws whichever list it stands in. Runs add
+    their index to this seed, and the streams lie 2**20 seeds apart.
+
+    Args:
+        seed: The suite's integer seed >= 0.
+        name: The attack's name, e.g. "apgd-ce".
+
+    Returns:
+        An int, seed + crc32(name) * 2**20.
+    """
+    return int(seed) + zlib.crc32(name.lower().encode()) * 2**20
+
+
 def _search(spec, logits_fn, x, y, epsilon, seed, indices, num_classes):
     """What `attacks.strongest_attack` needs for an attack spec.
 
     Returns:
-        (loop, start, targets or None, whether the loop returns a query count).
+        (loop, start, targets or None, whether the loop returns a query count,
+        whether every target draws its own starts).
     """
+    seed = attack_seed(seed, spec.name)
     if spec.method == "square":
         seeds = tf.stack(
             [tf.fill(tf.shape(indices), tf.cast(seed, tf.int64)), tf.cast(indices, tf.int64)],
@@ -440,7 +464,7 @@ def _search(spec, logits_fn, x, y, epsilon, seed, indices, num_classes):
         def loop(restart_seeds, _):
             return square.square_loop(logits_fn, x, y, epsilon, spec.steps, restart_seeds)
 
-        return loop, square.restart_seeds(seeds), None, True
+        return loop, square.restart_seeds(seeds), None, True, False
 
     targets = None
     if spec.targets(num_classes):
@@ -450,24 +474,26 @@ def _search(spec, logits_fn, x, y, epsilon, seed, indices, num_classes):
         def loop(x_start, target_labels):
             return fab.fab_loop(logits_fn, x, y, target_labels, epsilon, spec.steps, x_start)
 
-        return loop, fab.restart_starts(x, epsilon, seed, indices), targets, False
+        return loop, fab.restart_starts(x, epsilon, seed, indices), targets, False, False
 
-    start = attacks.example_starts(x, epsilon, seed, indices)
     if spec.method == "pgd":
+        start = attacks.example_starts(x, epsilon, seed, indices)
 
         def loop(x_start, _):
             return attacks.pgd_search(
                 logits_fn, x, y, x_start, epsilon, spec.step_size, spec.steps, spec.loss
             )
 
-        return loop, start, None, False
+        return loop, start, None, False, False
 
     def loop(x_start, target_labels):
         return apgd.apgd_loop(
             logits_fn, x, y, x_start, epsilon, spec.steps, spec.loss, target_labels
         )
 
-    return loop, start, targets, False
+    # AutoAttack's APGD-T draws a new start for every target.
+    start = apgd.example_starts(x, epsilon, seed, indices)
+    return loop, start, targets, False, True
 
 
 def _attack_step(spec, logits_fn, epsilon, seed, num_classes, return_images=False):
@@ -481,10 +507,12 @@ def _attack_step(spec, logits_fn, epsilon, seed, num_classes, return_images=Fals
             x_adv = attacks.fgsm(logits_fn, x, y, epsilon, spec.step_size, spec.loss)
             history = attacks.misclassified(logits_fn(x_adv), y)[None]
         else:
-            loop, start, targets, counts = _search(
+            loop, start, targets, counts, fresh_starts = _search(
                 spec, logits_fn, x, y, epsilon, seed, indices, num_classes
             )
-            outcome = attacks.strongest_attack(loop, start, x, spec.restarts, targets, counts)
+            outcome = attacks.strongest_attack(
+                loop, start, x, spec.restarts, targets, counts, fresh_starts
+            )
             x_adv, history = outcome[0], outcome[3]
             if counts:
                 queries = outcome[4]

@@ -35,31 +35,36 @@ One FAB iteration, from the iterate x_k, for an example with true class y:
 4. If x_{k+1} is misclassified, remember it if it is the closest so far, then
    step back towards x: x_{k+1} = x + beta (x_{k+1} - x).
 
-After the iterations, `search_steps` rounds of the final search of the original
-FAB code move the best adversarial example along the segment towards x, to
-where the logit gap interpolated linearly between the two ends changes sign
-(aiming a hair past it, which the original does not), which can only shrink the
-norm. AutoAttack's FAB-T leaves that search out; set `search_steps=0` to match
-it exactly.
+AutoAttack's FAB (`fab_base.py`) stops there, and so do `fab_targeted`,
+`fab_untargeted` and the evaluation's `fab`/`fab-t` (`search_steps=0`, the
+default). As an explicit option, `search_steps` > 0 adds rounds of the final
+search of the original FAB code (`fab_minimal_adversarial` runs
+`FAB_ORIGINAL_SEARCH_STEPS` by default): they move the best adversarial example
+along the segment towards x, to where the logit gap interpolated linearly
+between the two ends changes sign (aiming a hair past it, which the original
+does not), which can only shrink the norm.
 
 Restarts and targets are composed by `attacks.strongest_attack`, like every
 other attack: runs go target by target (the most likely wrong class first),
 each with all its restarts, and per example the closest adversarial example
 found by any run is kept. Where this differs from AutoAttack's code:
 
-- Restart starts are stateless. The reference starts restart i > 0 at a random
-  point at L-infinity distance min(best norm so far, epsilon) / 2 from x, which
-  carries state from run to run. Here restart 0 starts at x and restart i > 0
-  at a random point at distance epsilon / 2 (a uniform draw rescaled so that
-  its largest coordinate is epsilon / 2, then clipped to [0, 1]), drawn from
-  the stateless seed (seed + i, example index) (`restart_starts`). A run's
-  result therefore depends only on its example, its seed and its restart, not
-  on the other runs, the batch or the replica; the starts do not shrink as
-  closer adversarial examples are found, which matters little for an attack
-  judged at radius epsilon.
+- The starts are AutoAttack's: restart 0 of each target starts at x, restart
+  i > 0 at x + (epsilon / 2) t / max|t| with t uniform in [-1, 1] per pixel,
+  clipped to [0, 1]. (AutoAttack's code writes the radius as
+  min(res2, epsilon) / 2, but res2 is reset to 1e10 at the start of every run,
+  so it is always epsilon / 2 and no state carries from run to run.) The draw
+  comes from the stateless seed (seed + i, example index) (`restart_starts`),
+  so a run's result depends only on its example, its seed and its restart,
+  not on the other runs, the batch or the replica.
 - Restarts run on every example: the reference restarts only the examples no
   earlier run fooled. The result differs only in which successful image is
   kept (here the closest), never in whether an example is fooled.
+- The start is checked too: a random restart start that is already
+  misclassified counts as found (at its distance, <= epsilon / 2). The
+  reference checks only the iterates. This only adds successes, and only for
+  random restarts: a run from x, the one run per target of AutoAttack's FAB-T,
+  starts at an example that is classified correctly.
 
 As in AutoAttack, an example counts as fooled when it is misclassified as any
 class, not only the target. The attacks build their ops inside a `tf.function`
@@ -78,7 +83,9 @@ FAB_TARGET_CLASSES = 9
 FAB_ALPHA_MAX = 0.1
 FAB_ETA = 1.05
 FAB_BETA = 0.9
-FAB_SEARCH_STEPS = 3
+# AutoAttack's FAB has no final search; the original FAB code runs 3 rounds.
+FAB_SEARCH_STEPS = 0
+FAB_ORIGINAL_SEARCH_STEPS = 3
 # Restart i > 0 starts at this fraction of epsilon from x (the reference's 1/2).
 FAB_RESTART_RADIUS = 0.5
 
@@ -270,7 +277,7 @@ def fab_search(
         beta: Backward step: after a success the iterate shrinks to
             x + beta (x_adv - x) (0.9).
         search_steps: Rounds of the final search along the segment to x (a
-            Python int; 0 skips it, as AutoAttack does).
+            Python int; 0, the default, skips it, as AutoAttack does).
 
     Returns:
         A tuple (adversarial images, their L-infinity distances to x): per
@@ -354,7 +361,7 @@ def fab_loop(
         alpha_max: Largest weight of the step from x.
         eta: Extrapolation factor.
         beta: Backward step after a success.
-        search_steps: Rounds of the final search (0 skips it).
+        search_steps: Rounds of the final search (0, AutoAttack's, skips it).
 
     Returns:
         A tuple (images, scores, misclassified), per example: where the closest
@@ -593,7 +600,7 @@ def fab_untargeted(
         alpha_max: Largest weight of the step from x, in [0, 1].
         eta: Extrapolation factor > 0.
         beta: Backward step after a success, in (0, 1].
-        search_steps: Rounds of the final search, >= 0.
+        search_steps: Rounds of the final search, >= 0 (0 matches AutoAttack).
 
     Returns:
         Images with the shape of x, inside the ball and [0, 1]: the closest
@@ -620,7 +627,7 @@ def fab_minimal_adversarial(
     alpha_max=FAB_ALPHA_MAX,
     eta=FAB_ETA,
     beta=FAB_BETA,
-    search_steps=FAB_SEARCH_STEPS,
+    search_steps=FAB_ORIGINAL_SEARCH_STEPS,
 ):
     """FAB's closest adversarial examples and their L-infinity norms, at any radius.
 
@@ -642,7 +649,8 @@ def fab_minimal_adversarial(
         alpha_max: Largest weight of the step from x, in [0, 1].
         eta: Extrapolation factor > 0.
         beta: Backward step after a success, in (0, 1].
-        search_steps: Rounds of the final search, >= 0.
+        search_steps: Rounds of the final search, >= 0 (3, the original FAB
+            code's, by default; 0 matches AutoAttack).
 
     Returns:
         A tuple (images, norms): per example the closest misclassified point

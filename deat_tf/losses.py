@@ -32,7 +32,7 @@ def per_example_loss(logits, labels, loss="ce"):
     """
     if callable(loss):
         return loss(logits, labels)
-    logits = tf.cast(logits, tf.float32)
+    logits = _attack_precision(logits)
     labels = _labels(labels)
     if loss == "ce":
         return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
@@ -74,7 +74,7 @@ def dlr_loss(logits, labels):
     Returns:
         Float tensor [batch]; positive exactly where the example is misclassified.
     """
-    logits = tf.cast(logits, tf.float32)
+    logits = _attack_precision(logits)
     classes = static_classes(logits)
     if classes is not None and classes < 3:
         raise ValueError(f"the DLR loss needs at least 3 classes, the model has {classes}.")
@@ -95,7 +95,7 @@ def targeted_dlr_loss(logits, labels, target_labels):
     Returns:
         Float tensor [batch].
     """
-    logits = tf.cast(logits, tf.float32)
+    logits = _attack_precision(logits)
     classes = static_classes(logits)
     if classes is not None and classes < 4:
         raise ValueError(
@@ -125,7 +125,7 @@ def attack_objective(logits, labels, loss="ce", target_labels=None):
         if loss == "dlr":
             return dlr_loss(logits, labels)
         return per_example_loss(logits, labels, loss)
-    logits = tf.cast(logits, tf.float32)
+    logits = _attack_precision(logits)
     if loss == "ce":
         return -tf.nn.sparse_softmax_cross_entropy_with_logits(
             labels=_labels(target_labels), logits=logits
@@ -210,6 +210,11 @@ def logit_of(logits, classes):
 def static_classes(logits):
     """The number of classes if it is known when the graph is built, else None."""
     return logits.shape[-1] if logits.shape.rank is not None else None
+
+
+def _attack_precision(logits):
+    """Logits in float32 (16-bit ones are widened), or float64 where they already are."""
+    return logits if logits.dtype == tf.float64 else tf.cast(logits, tf.float32)
 
 
 def _labels(labels):

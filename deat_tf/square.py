@@ -16,25 +16,31 @@ example its index in the data set:
     seeds = tf.stack([tf.fill([n], 0), tf.range(start, start + n)], axis=1)
     x_adv = square.square(model, x, y, 8 / 255, example_seeds=seeds)
 
-The attack minimises the margin z_y - max_{j != y} z_j of each example:
+The attack minimises the margin z_y - max_{j != y} z_j of each example, with
+AutoAttack's settings (`autoattack.py` builds its `SquareAttack` with
+p_init = 0.8, n_queries = 5000 and resc_schedule=False):
 
 1. Start from vertical stripes: each column of each channel moves by +epsilon
    or -epsilon (clipped to [0, 1]); that is one query.
-2. Each further query draws a square window of side s at a random position and
-   a random sign per channel, sets the window of the current best image to
-   x +- epsilon (clipped to [0, 1]), and keeps the proposal if it lowers the
-   margin or misclassifies the example.
-3. The window covers a fraction p of the image: p starts at `p_init` (0.8 in
-   AutoAttack) and halves after iterations 10, 50, 200, 500, 1000, 2000, 4000,
-   6000 and 8000 of a 10,000-query budget, rescaled to the actual budget.
+2. Each of the `queries` iterations that follow draws a square window of side
+   s at a random position (its corner in [0, h - s) x [0, w - s), the first
+   position only where s covers the image) and a random sign per channel, sets
+   the window of the current best image to x +- epsilon (clipped to [0, 1]),
+   and keeps the proposal if it lowers the margin or brings it to <= 0.
+3. The window covers a fraction p of the image: p starts at `p_init` and
+   halves after iterations 10, 50, 200, 500, 1000, 2000, 4000, 6000 and 8000,
+   counted as they are (at 5,000 queries p ends at p_init / 128, a 3 x 3
+   window on a 32 x 32 image). `rescale_schedule=True` maps the iteration to
+   a 10,000-query budget first (the standalone attack's default in the paper's
+   code, not AutoAttack's).
+4. An example stops once its margin is <= 0 (ties count, as in AutoAttack).
 
-Where this differs from AutoAttack's code:
+Where this still differs from AutoAttack's code, and why:
 
-- The budget counts the stripes (its code spends the stripes plus `n_queries`
-  proposals), and a window may sit at any position, the last row and column
-  included.
-- Each example draws its own window and signs, as in the paper, where
-  AutoAttack's code shares one draw across the batch.
+- Each example draws its own window position and signs, as in the paper,
+  where AutoAttack's code shares one draw across the batch: per-example draws
+  make an example's result independent of the other examples in its batch
+  (batch size, replicas, the cascade's subsets).
 - Restarts are composed by `attacks.strongest_attack`, like every other
   attack: restart r runs on every example, with the seeds (first + r, second)
   (`restart_seeds`), and per example the strongest result is kept (the
@@ -42,12 +48,14 @@ Where this differs from AutoAttack's code:
   the examples no earlier restart fooled; here those are attacked again, which
   changes which successful image is kept but not whether an example is fooled,
   and costs the queries until the new success (counted in the query total).
+  AutoAttack's lists run Square once.
 
-An example stops as soon as it is misclassified: it spends no more queries and
+An example stops as soon as its margin is <= 0: it spends no more queries and
 its proposals are no longer computed (the loop evaluates only the examples
-still robust). Examples misclassified at x are not attacked at all (x comes
-back). `square_loop` also returns the number of queries each example used, the
-stripes included and the clean evaluation at x not.
+still robust). Examples misclassified at x (by argmax) are not attacked at all
+(x comes back). `square_loop` also returns the number of queries each example
+used: the stripes and at most `queries` proposals, the clean evaluation at x
+not counted.
 
 Randomness is stateless and per example: every draw of an example is a hash of
 its seed pair and the iteration, so its result does not depend on the other
@@ -66,30 +74,33 @@ from deat_tf import attacks, checks, losses
 SQUARE_QUERIES = 5000
 SQUARE_P_INIT = 0.8
 
-# The schedule of the paper, in iterations of a 10,000-query budget: p halves
-# after each of these.
+# The schedule of the paper (`p_selection` in AutoAttack's square.py): p halves
+# after each of these iterations.
 _P_HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
 _SCHEDULE_BUDGET = 10000
 
 
-def p_schedule(iteration, queries, p_init=SQUARE_P_INIT):
+def p_schedule(iteration, queries, p_init=SQUARE_P_INIT, rescale_schedule=False):
     """The fraction p of the image that the window of an iteration covers.
 
     Args:
         iteration: The index of the random-search iteration, from 0 (the
             stripes are not counted); a Python int or an integer tensor of
             any shape.
-        queries: The query budget.
+        queries: The number of iterations (used only with `rescale_schedule`).
         p_init: p at the first iterations.
+        rescale_schedule: Map the iteration to a 10,000-query budget first,
+            int(iteration * 10000 / queries); False (AutoAttack's setting) uses
+            the iteration as it is.
 
     Returns:
-        A float32 tensor shaped like `iteration`: p_init halved once per threshold of the
-        paper's schedule that iteration * 10000 / queries (rounded down) exceeds.
+        A float32 tensor shaped like `iteration`: p_init halved once per
+        threshold of `_P_HALVINGS` that the (possibly rescaled) iteration exceeds.
     """
-    rescaled = tf.math.floordiv(
-        tf.cast(iteration, tf.int64) * _SCHEDULE_BUDGET, tf.cast(queries, tf.int64)
-    )
-    passed = rescaled[..., None] > tf.constant(_P_HALVINGS, tf.int64)
+    iteration = tf.cast(iteration, tf.int64)
+    if rescale_schedule:
+        iteration = tf.math.floordiv(iteration * _SCHEDULE_BUDGET, tf.cast(queries, tf.int64))
+    passed = iteration[..., None] > tf.constant(_P_HALVINGS, tf.int64)
     halvings = tf.reduce_sum(tf.cast(passed, tf.float32), axis=-1)
     return tf.cast(p_init, tf.float32) * tf.pow(0.5, halvings)
 
@@ -190,34 +201,52 @@ def _stripes(x, example_seeds, epsilon):
 
 
 def _judge(logits_fn, images, labels):
+    """Per example: the score max_{j != y} z_j - z_y and whether it is >= 0.
+
+    AutoAttack's Square stops on a margin z_y - max_{j != y} z_j <= 0, ties
+    included, so a score >= 0 counts as a success here.
+    """
     logits = tf.cast(logits_fn(images), tf.float32)
-    misclassified = tf.not_equal(tf.argmax(logits, axis=-1, output_type=tf.int32), labels)
-    return losses.margin(logits, labels), misclassified
+    scores = losses.margin(logits, labels)
+    return scores, scores >= 0.0
 
 
-def square_loop(logits_fn, x, labels, epsilon, queries, example_seeds, p_init=SQUARE_P_INIT):
-    """Runs the Square attack with a budget of `queries` logit evaluations per example.
+def square_loop(
+    logits_fn,
+    x,
+    labels,
+    epsilon,
+    queries,
+    example_seeds,
+    p_init=SQUARE_P_INIT,
+    rescale_schedule=False,
+):
+    """Runs the Square attack: the stripes, then `queries` random-search iterations.
 
     Args:
         logits_fn: Callable mapping images to logits (never differentiated).
         x: Clean images [batch, height, width, channels] in [0, 1].
         labels: Integer labels [batch].
         epsilon: L-infinity radius.
-        queries: Budget per example >= 1, the stripes included (a Python int or
-            an integer tensor); the p schedule is rescaled to it.
+        queries: Random-search iterations after the stripes, >= 1 (AutoAttack's
+            n_queries; a Python int or an integer tensor): an example spends at
+            most queries + 1 evaluations.
         example_seeds: Integer tensor [batch, 2], one stateless seed pair per
             example (see `default_example_seeds`).
         p_init: Initial fraction of the image covered by a window, in (0, 1].
+        rescale_schedule: A Python bool: rescale the p schedule to a
+            10,000-query budget (see `p_schedule`); False is AutoAttack's.
 
     Returns:
-        A tuple (images, scores, misclassified, queries used), per example: the
-        best image found (inside the ball and [0, 1]), its margin
-        max_{j != y} z_j - z_y (higher is stronger; positive where misclassified,
-        ties aside), whether it is misclassified, and the int32 number of
-        queries spent, which is <= `queries` and stops growing once the example
-        is misclassified: what `attacks.strongest_attack` combines, with
+        A tuple (images, scores, successes, queries used), per example: the
+        best image found (inside the ball and [0, 1]), its score
+        max_{j != y} z_j - z_y (higher is stronger), whether the score reached
+        >= 0 (misclassified, or tied with another class), and the int32 number
+        of queries spent, which is <= queries + 1 and stops growing at the
+        first success: what `attacks.strongest_attack` combines, with
         counts=True. One more evaluation, at x itself, comes first and is not
-        counted: an example misclassified there is returned as x with 0 queries.
+        counted: an example misclassified there (by argmax) is returned as x
+        with 0 queries.
     """
     x = tf.cast(x, tf.float32)
     labels = tf.cast(tf.reshape(labels, [-1]), tf.int32)
@@ -226,8 +255,11 @@ def square_loop(logits_fn, x, labels, epsilon, queries, example_seeds, p_init=SQ
     example_seeds = tf.cast(example_seeds, tf.int64)
     height, width, channels = tf.shape(x)[1], tf.shape(x)[2], tf.shape(x)[3]
 
-    # Examples misclassified at x are done before the search starts (no query spent).
-    scores, fooled = _judge(logits_fn, x, labels)
+    # Examples misclassified at x (by argmax, as AutoAttack picks the examples
+    # to attack) are done before the search starts (no query spent).
+    clean_logits = tf.cast(logits_fn(x), tf.float32)
+    scores = losses.margin(clean_logits, labels)
+    fooled = attacks.misclassified(clean_logits, labels)
     best = x
     used = tf.zeros_like(labels)
     attacked = tf.where(tf.logical_not(fooled))
@@ -243,12 +275,15 @@ def square_loop(logits_fn, x, labels, epsilon, queries, example_seeds, p_init=SQ
         active = tf.where(tf.logical_not(fooled))
         x_active = tf.gather_nd(x, active)
         best_active = tf.gather_nd(best, active)
-        side = window_side(p_schedule(iteration, queries, p_init), height, width)
+        side = window_side(p_schedule(iteration, queries, p_init, rescale_schedule), height, width)
         bits = random_bits(
             tf.gather_nd(example_seeds, active), tf.cast(iteration, tf.int64) + 1, channels + 2
         )
-        top = _uniform_int(bits[:, 0], height - side + 1)
-        left = _uniform_int(bits[:, 1], width - side + 1)
+        # AutoAttack draws the corner in [0, h - s): the last possible position
+        # (the window touching the last row or column) is never drawn, unless s
+        # covers the whole side, where the corner is 0.
+        top = _uniform_int(bits[:, 0], tf.maximum(height - side, 1))
+        left = _uniform_int(bits[:, 1], tf.maximum(width - side, 1))
         signs = _signs(bits[:, 2:])[:, None, None, :]
         rows = tf.range(height)[None, :, None, None]
         columns = tf.range(width)[None, None, :, None]
@@ -272,7 +307,7 @@ def square_loop(logits_fn, x, labels, epsilon, queries, example_seeds, p_init=SQ
         return iteration + 1, best, scores, fooled, used
 
     def more(iteration, best, scores, fooled, used):
-        return tf.logical_and(iteration < queries - 1, tf.logical_not(tf.reduce_all(fooled)))
+        return tf.logical_and(iteration < queries, tf.logical_not(tf.reduce_all(fooled)))
 
     _, best, scores, fooled, used = tf.while_loop(
         more, body, [tf.constant(0), best, scores, fooled, used], parallel_iterations=1
@@ -300,13 +335,15 @@ def restart_seeds(example_seeds):
     return start
 
 
-def _square_graph(model, x, y, epsilon, queries, p_init, restarts, example_seeds):
+def _square_graph(
+    model, x, y, epsilon, queries, p_init, restarts, example_seeds, rescale_schedule=False
+):
     logits_fn = attacks.logits_function(model)
     x = tf.cast(x, tf.float32)
     y = tf.cast(tf.reshape(y, [-1]), tf.int32)
 
     def loop(seeds, _):
-        return square_loop(logits_fn, x, y, epsilon, queries, seeds, p_init)
+        return square_loop(logits_fn, x, y, epsilon, queries, seeds, p_init, rescale_schedule)
 
     best, _, _, _, used = attacks.strongest_attack(
         loop, restart_seeds(example_seeds), x, restarts, counts=True
@@ -332,6 +369,7 @@ def square(
     restarts=1,
     seed=0,
     example_seeds=None,
+    rescale_schedule=False,
 ):
     """The L-infinity Square attack with the margin loss (AutoAttack's settings by default).
 
@@ -340,13 +378,17 @@ def square(
         x: Images [batch, height, width, channels] in [0, 1].
         y: Integer labels [batch].
         epsilon: L-infinity radius in [0, 1].
-        queries: Query budget per example and restart, >= 1 (5,000 in AutoAttack).
+        queries: Random-search iterations per example and restart after the
+            stripes, >= 1 (AutoAttack's n_queries, 5,000).
         p_init: Initial fraction of the image covered by a window, in (0, 1].
         restarts: Runs >= 1, composed by `attacks.strongest_attack`: per example
             the strongest result of any run is kept.
         seed: Integer seed of `default_example_seeds`, used without `example_seeds`.
         example_seeds: Optional integer tensor [batch, 2], one seed pair per
             example; restart r adds r to the first (`restart_seeds`).
+        rescale_schedule: Rescale the p schedule to a 10,000-query budget
+            (`p_schedule`); False, AutoAttack's setting, halves p at the raw
+            iterations.
 
     Returns:
         Adversarial images with the shape of x, inside the ball and [0, 1]: per
@@ -376,6 +418,7 @@ def square(
         p_init,
         tf.constant(int(restarts), tf.int32),
         tf.cast(example_seeds, tf.int64),
+        bool(rescale_schedule),
     )
     if tf.inside_function():
         result, _ = _square_graph(model, *arguments)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from deat_tf import attacks, models
+from deat_tf import apgd, attacks, models
 
 TOLERANCE = 1e-6
 PIXELS = 12
@@ -35,15 +35,31 @@ def images(rng, count):
     return rng.choice([0.0, 1.0, 0.5, 0.3, 0.7], size=(count, 2, 2, 3)).astype(np.float32)
 
 
-def test_checkpoints_follow_the_paper():
-    # p = 0, 0.22, 0.41, 0.57, 0.70, 0.80, 0.87, 0.93, 0.99 for 100 iterations.
+def test_checkpoints_are_autoattacks():
+    # AutoAttack's autopgd_base.py: first window max(int(0.22 N), 1), each next one shorter by
+    # max(int(0.03 N), 1) down to max(int(0.06 N), 1). Worked out by hand from that code:
+    # N = 100: 22, +19, +16, +13, +10, +7, +6, +6 (the paper's p_j = 0.22, 0.41, ... too).
     assert attacks.apgd_checkpoints(100) == [22, 41, 57, 70, 80, 87, 93, 99]
-    assert attacks.apgd_checkpoints(10) == [3, 5, 6, 7, 8, 9]
+    # N = 50: windows 11, 10, 9, 8, 7 (the paper's ceil(p_j N) would give 11, 21, 29, 35, ...).
+    assert attacks.apgd_checkpoints(50) == [11, 21, 30, 38, 45]
+    # N = 10: windows 2, then 1 each; the check at iteration 10 itself changes nothing.
+    assert attacks.apgd_checkpoints(10) == [2, 3, 4, 5, 6, 7, 8, 9]
     assert attacks.apgd_checkpoints(1) == []
     for steps in range(0, 300, 7):
         checkpoints = attacks.apgd_checkpoints(steps)
         assert checkpoints == sorted(set(checkpoints))
         assert all(0 < checkpoint < steps for checkpoint in checkpoints)
+
+
+def test_the_start_is_autoattacks_rescaled_draw(rng):
+    # AutoAttack: x + eps * t / max|t| with t = 2 U(0, 1) - 1, clipped to [0, 1]: in the
+    # interior of the box the largest coordinate of the move is exactly epsilon.
+    x = tf.constant(rng.uniform(0.2, 0.8, size=(6, 2, 2, 3)))
+    starts = apgd.example_starts(x, 0.1, 3, tf.range(6))
+    first, second = np.asarray(starts(0)), np.asarray(starts(1))
+    moves = np.abs(first - np.asarray(x)).reshape(6, -1).max(axis=1)
+    np.testing.assert_allclose(moves, 0.1, rtol=1e-10)  # up to the 1e-12 of its norm
+    assert not np.allclose(first, second)  # every run draws its own start
 
 
 def test_dlr_losses_and_targets_by_hand():
@@ -241,87 +257,185 @@ def test_invalid_arguments_name_the_argument(random_network, arguments, message)
         attacks.apgd(random_network, np.zeros((2, 8, 8, 3), np.float32), np.zeros(2), **call)
 
 
-def reference_apgd(loss_and_gradient, x, start, epsilon, steps, momentum=0.75, rho=0.75):
-    """Auto-PGD as the paper describes it, in numpy, for one example.
+# ----------------------------------------------------------------- the numpy oracle
+#
+# A line-by-line port, in numpy float64, of AutoAttack's
+# `APGDAttack.attack_single_run` (fra31/auto-attack, autoattack/autopgd_base.py, norm
+# "Linf", eot_iter 1, with x_init = the start): its checkpoints (n_iter_2, n_iter_min,
+# size_decr), momentum 0.75 (1 at the first step), the double projection, the best point
+# (strictly higher loss), `check_oscillation` (<= k * rho over the k pairs ending at the
+# checkpoint, with the zero-initialised loss history), the condition
+# (1 - reduced_last_check) * (loss_best_last_check >= loss_best), and the jump back to
+# x_best / grad_best. It shares no code with deat_tf. The model is a small tanh network with
+# hand-written gradients, evaluated in float64 on both sides, so only a different rule can
+# make the two disagree.
 
-    Returns (strongest iterate, its loss, the step sizes after each iteration).
-    """
-    checkpoints = attacks.apgd_checkpoints(steps)
-    intervals = dict(zip(checkpoints, np.diff([0] + checkpoints)))
+CLASSES = 5
+HIDDEN = 10
 
-    def project(point):
-        return np.clip(np.clip(point, x - epsilon, x + epsilon), 0.0, 1.0)
 
-    current, previous, step = start.copy(), start.copy(), 2.0 * epsilon
-    strongest, strongest_loss = start.copy(), -np.inf
-    best, best_loss, best_gradient = start.copy(), -np.inf, None
-    previous_loss, increases, loss_at_check, halved_at_check = -np.inf, 0, None, False
-    steps_taken = []
-    for k in range(steps):
-        loss, gradient = loss_and_gradient(current)
-        if loss > strongest_loss:
-            strongest, strongest_loss = current.copy(), loss
-        if k == 0 or loss > best_loss:
-            best, best_loss, best_gradient = current.copy(), loss, gradient
-        if k == 0:
-            loss_at_check = best_loss
-        elif loss > previous_loss:
-            increases += 1
-        if k in intervals:
-            stalled = not halved_at_check and loss_at_check >= best_loss
-            halve = increases < rho * intervals[k] or stalled
-            if halve:
-                step /= 2.0
-                current, gradient, loss = best.copy(), best_gradient, best_loss
-            halved_at_check, loss_at_check, increases = halve, best_loss, 0
-        target = project(current + step * np.sign(gradient))
-        weight = 1.0 if k == 0 else momentum
-        following = project(
-            current + weight * (target - current) + (1.0 - weight) * (current - previous)
+def mlp(rng):
+    return (
+        rng.normal(size=(PIXELS, HIDDEN)) * 2.0,
+        rng.normal(size=HIDDEN) * 0.5,
+        rng.normal(size=(HIDDEN, CLASSES)) * 2.0,
+        rng.normal(size=CLASSES) * 0.5,
+    )
+
+
+def mlp_tf(parameters):
+    w1, b1, w2, b2 = (tf.constant(p, tf.float64) for p in parameters)
+    return lambda images: tf.tanh(tf.reshape(images, [-1, PIXELS]) @ w1 + b1) @ w2 + b2
+
+
+def reference_loss_and_gradient(parameters, images, labels, loss, targets):
+    """Per-example loss (AutoAttack's CE, DLR or targeted DLR) and its input gradient."""
+    w1, b1, w2, b2 = parameters
+    flat = images.reshape(len(images), -1)
+    hidden = np.tanh(flat @ w1 + b1)
+    z = hidden @ w2 + b2
+    rows = np.arange(len(z))
+    d_z = np.zeros_like(z)
+    order = np.argsort(z, axis=1)
+    top1, top2, top3, top4 = (order[:, -i] for i in (1, 2, 3, 4))
+    if loss == "ce":
+        shifted = z - z.max(axis=1, keepdims=True)
+        probabilities = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
+        value = -np.log(probabilities[rows, labels])
+        d_z = probabilities.copy()
+        d_z[rows, labels] -= 1.0
+    elif loss == "dlr":
+        # -(z_y - z_sorted[-2] * ind - z_sorted[-1] * (1 - ind)) / (z_pi1 - z_pi3 + 1e-12)
+        other = np.where(top1 == labels, top2, top1)
+        numerator = z[rows, labels] - z[rows, other]
+        denominator = z[rows, top1] - z[rows, top3] + 1e-12
+        value = -numerator / denominator
+        for index, weight in (
+            (labels, -1.0 / denominator),
+            (other, 1.0 / denominator),
+            (top1, numerator / denominator**2),
+            (top3, -numerator / denominator**2),
+        ):
+            np.add.at(d_z, (rows, index), weight)
+    else:
+        # -(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2 + 1e-12)
+        numerator = z[rows, labels] - z[rows, targets]
+        denominator = z[rows, top1] - 0.5 * (z[rows, top3] + z[rows, top4]) + 1e-12
+        value = -numerator / denominator
+        for index, weight in (
+            (labels, -1.0 / denominator),
+            (targets, 1.0 / denominator),
+            (top1, numerator / denominator**2),
+            (top3, -0.5 * numerator / denominator**2),
+            (top4, -0.5 * numerator / denominator**2),
+        ):
+            np.add.at(d_z, (rows, index), weight)
+    d_flat = ((d_z @ w2.T) * (1.0 - hidden**2)) @ w1.T
+    return value, d_flat.reshape(images.shape), z.argmax(axis=1)
+
+
+def reference_apgd(parameters, x, y, x_init, eps, n_iter, loss, targets=None, rho=0.75):
+    """AutoAttack's attack_single_run; returns (x_best, acc, loss_best, halvings by cause)."""
+
+    def criterion(points):
+        return reference_loss_and_gradient(parameters, points, y, loss, targets)
+
+    batch = len(x)
+    n_iter_2 = max(int(0.22 * n_iter), 1)
+    n_iter_min = max(int(0.06 * n_iter), 1)
+    size_decr = max(int(0.03 * n_iter), 1)
+    x_adv = np.clip(x_init, 0.0, 1.0)
+    x_best = x_adv.copy()
+    loss_steps = np.zeros([n_iter, batch])
+    loss_indiv, grad, prediction = criterion(x_adv)
+    grad_best = grad.copy()
+    acc = prediction == y
+    loss_best = loss_indiv.copy()
+    step_size = 2.0 * eps * np.ones([batch, 1, 1, 1])
+    x_adv_old = x_adv.copy()
+    k = n_iter_2
+    counter3 = 0
+    loss_best_last_check = loss_best.copy()
+    reduced_last_check = np.ones(batch)
+    halvings = {"oscillation": 0, "no_improvement": 0}
+    for i in range(n_iter):
+        grad2 = x_adv - x_adv_old
+        x_adv_old = x_adv.copy()
+        a = 0.75 if i > 0 else 1.0
+        x_adv_1 = x_adv + step_size * np.sign(grad)
+        x_adv_1 = np.clip(np.minimum(np.maximum(x_adv_1, x - eps), x + eps), 0.0, 1.0)
+        x_adv_1 = np.clip(
+            np.minimum(
+                np.maximum(x_adv + (x_adv_1 - x_adv) * a + grad2 * (1 - a), x - eps), x + eps
+            ),
+            0.0,
+            1.0,
         )
-        previous, current, previous_loss = current, following, loss
-        steps_taken.append(step)
-    loss, _ = loss_and_gradient(current)
-    if loss > strongest_loss:
-        strongest, strongest_loss = current, loss
-    return strongest, strongest_loss, steps_taken
+        x_adv = x_adv_1
+        loss_indiv, grad, prediction = criterion(x_adv)
+        acc = np.minimum(acc, prediction == y)
+        y1 = loss_indiv.copy()
+        loss_steps[i] = y1
+        improved = y1 > loss_best
+        x_best[improved] = x_adv[improved]
+        grad_best[improved] = grad[improved]
+        loss_best[improved] = y1[improved]
+        counter3 += 1
+        if counter3 == k:
+            t = np.zeros(batch)
+            for counter5 in range(k):
+                t += loss_steps[i - counter5] > loss_steps[i - counter5 - 1]
+            oscillation = (t <= k * rho).astype(np.float64)
+            no_improvement = (1.0 - reduced_last_check) * (loss_best_last_check >= loss_best)
+            halvings["oscillation"] += int(oscillation.sum())
+            halvings["no_improvement"] += int(((no_improvement > 0) & (oscillation == 0)).sum())
+            oscillation = np.maximum(oscillation, no_improvement)
+            reduced_last_check = oscillation.copy()
+            loss_best_last_check = loss_best.copy()
+            halve = oscillation > 0
+            step_size[halve] /= 2.0
+            x_adv[halve] = x_best[halve]
+            grad[halve] = grad_best[halve]
+            k = max(k - size_decr, n_iter_min)
+            counter3 = 0
+    return x_best, acc, loss_best, halvings
 
 
-def test_apgd_halves_its_step_and_uses_momentum_as_the_paper_describes():
-    # The wrong-class logit peaks inside the ball, at `centre`: a signed step of
-    # 2 epsilon overshoots it, so only the halvings at the checkpoints (and the
-    # momentum that averages the zig-zag) bring the iterate close to the peak.
-    x = np.array([0.5, 0.4, 0.6], np.float64)
-    centre = np.array([0.56, 0.31, 0.6 + 0.013], np.float64)
-    sharpness, offset = 40.0, -1.0
-
-    def numpy_loss_and_gradient(point):
-        wrong = offset - sharpness * np.sum((point - centre) ** 2)
-        loss = np.log1p(np.exp(wrong))  # cross-entropy of class 0 whose logit is 0
-        gradient = (1.0 / (1.0 + np.exp(-wrong))) * (-2.0 * sharpness * (point - centre))
-        return loss, gradient
-
-    def logits_fn(images):
-        flat = tf.reshape(tf.cast(images, tf.float64), [-1, 3])
-        wrong = offset - sharpness * tf.reduce_sum((flat - centre) ** 2, axis=1)
-        return tf.cast(tf.stack([tf.zeros_like(wrong), wrong], axis=1), tf.float32)
-
-    epsilon, steps = 0.12, 30
-    expected, expected_loss, step_sizes = reference_apgd(
-        numpy_loss_and_gradient, x, x.copy(), epsilon, steps
+@pytest.mark.parametrize(
+    "loss, steps, epsilon",
+    [("ce", 100, 0.08), ("dlr", 100, 0.2), ("dlr-targeted", 100, 0.08), ("ce", 37, 0.08)],
+)
+def test_apgd_loop_equals_a_port_of_autoattacks_code(rng, loss, steps, epsilon):
+    parameters = mlp(rng)
+    model = mlp_tf(parameters)
+    x = rng.uniform(0.0, 1.0, size=(48, 2, 2, 3))
+    z = np.asarray(model(x))
+    y = z.argmax(axis=1)  # attacked examples are correctly classified, as in AutoAttack
+    targets = np.argsort(z, axis=1)[:, -2] if loss == "dlr-targeted" else None
+    x_start = np.asarray(apgd.example_starts(tf.constant(x), epsilon, 0, tf.range(48))(0))
+    expected_best, acc, expected_loss, halvings = reference_apgd(
+        parameters, x, y, x_start, epsilon, steps, loss, targets
     )
-    # The case exercises the adaptive logic: the step was halved several times.
-    assert step_sizes[-1] <= epsilon / 4
-    best, loss, fooled = attacks.apgd_loop(
-        logits_fn,
-        tf.constant(x.reshape(1, 1, 1, 3), tf.float32),
-        tf.constant([0]),
-        tf.constant(x.reshape(1, 1, 1, 3), tf.float32),
-        epsilon,
-        steps,
+    # The case exercises the rules: the step is halved (for lack of increases everywhere,
+    # for lack of improvement alone in the DLR case), some examples are fooled and some not.
+    assert halvings["oscillation"] > 20, halvings
+    assert halvings["no_improvement"] > 0 or loss != "dlr", halvings
+    assert 5 <= (~acc).sum() <= 43, (~acc).sum()
+    best, best_loss, fooled = (
+        np.asarray(t)
+        for t in apgd.apgd_loop(
+            model,
+            tf.constant(x),
+            tf.constant(y),
+            tf.constant(x_start),
+            epsilon,
+            steps,
+            "dlr" if loss == "dlr-targeted" else loss,
+            None if targets is None else tf.constant(targets),
+        )
     )
-    np.testing.assert_allclose(np.asarray(best).reshape(3), expected, atol=2e-5)
-    assert float(loss[0]) == pytest.approx(expected_loss, rel=1e-4)
-    assert not bool(fooled[0])
-    # Closer to the peak than any fixed 2-epsilon signed step could land.
-    assert np.abs(np.asarray(best).reshape(3) - centre).max() < 0.02
+    assert best.dtype == np.float64
+    np.testing.assert_array_equal(fooled, ~acc)
+    # Where no iterate is misclassified, the strongest point is AutoAttack's x_best.
+    np.testing.assert_allclose(best[acc], expected_best[acc], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(best_loss[acc], expected_loss[acc], rtol=1e-10, atol=1e-12)

@@ -40,18 +40,62 @@ def compiled_loop(model, epsilon, queries):
     )
 
 
-def test_p_schedule_halves_at_the_papers_iterations():
-    thresholds = [10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000]
-    iterations = [0] + [t for threshold in thresholds for t in (threshold, threshold + 1)]
-    expected = [0.8] + [0.8 / 2 ** (i // 2 + i % 2) for i in range(2 * len(thresholds))]
-    np.testing.assert_allclose(square.p_schedule(iterations, 10000), expected, rtol=1e-6)
-    # Rescaled to the budget: iteration 5 of 5,000 is iteration 10 of 10,000.
-    np.testing.assert_allclose(square.p_schedule([5, 6, 4001], 5000), [0.8, 0.4, 0.8 / 512])
-    np.testing.assert_allclose(square.p_schedule([0, 1], 300, p_init=0.5), [0.5, 0.25])
-    # The window of the first iterations covers 80% of an MNIST digit: round(sqrt(0.8 * 784)).
+# AutoAttack's Square (`p_selection` in its square.py, called with the raw iteration because
+# autoattack.py builds the attack with resc_schedule=False): p = p_init up to iteration 10,
+# p_init / 2 for 10 < it <= 50, / 4 up to 200, / 8 up to 500, / 16 up to 1000, / 32 up to
+# 2000, / 64 up to 4000, / 128 up to 6000, / 256 up to 8000, / 512 beyond. Written out by
+# hand from that code, not computed with deat_tf.
+REFERENCE_P = {
+    0: 0.8,
+    10: 0.8,
+    11: 0.4,
+    50: 0.4,
+    51: 0.2,
+    200: 0.2,
+    201: 0.1,
+    500: 0.1,
+    501: 0.05,
+    1000: 0.05,
+    1001: 0.025,
+    2000: 0.025,
+    2001: 0.0125,
+    4000: 0.0125,
+    4001: 0.00625,
+    4999: 0.00625,
+}
+# The window side max(round(sqrt(p * h * w)), 1) over AutoAttack's 5,000 iterations on a
+# 32 x 32 image, with the number of iterations at each side: 29 x 11, 20 x 40, 14 x 150,
+# 10 x 300, 7 x 500, 5 x 1000, 4 x 2000, 3 x 999 (p_init / 128 from iteration 4001 on).
+REFERENCE_SIDES_32 = {29: 11, 20: 40, 14: 150, 10: 300, 7: 500, 5: 1000, 4: 2000, 3: 999}
+
+
+def test_p_schedule_is_autoattacks_at_5000_queries():
+    iterations = sorted(REFERENCE_P)
+    p = np.asarray(square.p_schedule(iterations, square.SQUARE_QUERIES))
+    np.testing.assert_allclose(p, [REFERENCE_P[i] for i in iterations], rtol=1e-6)
+    # The budget does not move the thresholds (no rescaling).
+    np.testing.assert_allclose(square.p_schedule([10, 11], 300), [0.8, 0.4], rtol=1e-6)
+    assert square.SQUARE_QUERIES == 5000 and square.SQUARE_P_INIT == 0.8
+
+
+def test_window_sides_over_autoattacks_5000_queries():
+    sides = np.asarray(square.window_side(square.p_schedule(np.arange(5000), 5000), 32, 32))
+    values, counts = np.unique(sides, return_counts=True)
+    assert dict(zip(values.tolist(), counts.tolist(), strict=True)) == REFERENCE_SIDES_32
+    # An MNIST digit: round(sqrt(0.8 * 784)) = 25 first, round(sqrt(0.8 / 128 * 784)) = 2 last.
     assert int(square.window_side(0.8, 28, 28)) == 25
+    assert int(square.window_side(0.8 / 128, 28, 28)) == 2
     assert int(square.window_side(0.8 / 512, 28, 28)) == 1
     assert int(square.window_side(1.0, 28, 20)) == 20
+
+
+def test_the_rescaled_schedule_is_an_option():
+    # The paper code's standalone default: iteration * 10000 / queries, rounded down.
+    rescaled = square.p_schedule([5, 6, 4001], 5000, rescale_schedule=True)
+    np.testing.assert_allclose(rescaled, [0.8, 0.4, 0.8 / 512], rtol=1e-6)
+    np.testing.assert_allclose(
+        square.p_schedule([0, 1], 300, p_init=0.5, rescale_schedule=True), [0.5, 0.25]
+    )
 
 
 def test_random_bits_depend_only_on_the_example_seed_and_stream():
@@ -70,11 +114,15 @@ def test_square_reaches_the_optimum_of_a_two_class_linear_model(rng):
     # The margin z_other - z_y of a two-class linear model is linear, so its maximum over the
     # ball and the box is the corner x + eps * sign(w_other - w_y), clipped: Square must fool
     # exactly the examples whose corner is misclassified, and end on the corner elsewhere.
-    weights = rng.normal(size=(PIXELS, 2)).astype(np.float32)
+    # AutoAttack's windows never reach the last row or column (only the stripes and
+    # whole-image windows do), so the model ignores those pixels.
+    reachable = np.ones((SIDE, SIDE, CHANNELS), np.float32)
+    reachable[-1], reachable[:, -1] = 0.0, 0.0
+    weights = rng.normal(size=(PIXELS, 2)).astype(np.float32) * reachable.reshape(PIXELS, 1)
     model = linear_model(weights, [0.4, -0.4])
     x = rng.choice([0.0, 1.0, 0.5, 0.3, 0.7], size=(48, SIDE, SIDE, CHANNELS)).astype(np.float32)
     y = np.asarray(model(x)).argmax(axis=1)
-    epsilon, queries = 0.1, 1000
+    epsilon, queries = 0.2, 1000
     direction = (weights[:, 1 - y] - weights[:, y]).T
     corner = np.clip(x.reshape(48, -1) + epsilon * np.sign(direction), 0, 1).reshape(x.shape)
     corner_fooled = np.asarray(model(corner)).argmax(axis=1) != y
@@ -84,13 +132,16 @@ def test_square_reaches_the_optimum_of_a_two_class_linear_model(rng):
     )
     assert_in_bounds(images, x, epsilon)
     np.testing.assert_array_equal(fooled, corner_fooled)
-    np.testing.assert_allclose(images[~fooled], corner[~fooled], atol=TOLERANCE)
+    np.testing.assert_allclose(
+        (images * reachable)[~fooled], (corner * reachable)[~fooled], atol=TOLERANCE
+    )
     logits = np.asarray(model(images))
     rows = np.arange(48)
     np.testing.assert_allclose(scores, logits[rows, 1 - y] - logits[rows, y], atol=1e-5)
-    # Robust examples spend the whole budget; fooled ones stop at their first success.
-    assert np.all(used[~fooled] == queries)
-    assert np.all(used[fooled] < queries) and np.all(used >= 1)
+    # Robust examples spend the stripes and every proposal; fooled ones stop at their first
+    # success.
+    assert np.all(used[~fooled] == queries + 1)
+    assert np.all(used[fooled] <= queries) and np.all(used >= 1)
 
 
 def test_square_fools_a_trained_network_within_the_budget(clean_mnist_network, mnist_sample):
@@ -106,7 +157,7 @@ def test_square_fools_a_trained_network_within_the_budget(clean_mnist_network, m
     clean_correct = np.asarray(clean_mnist_network(x, training=False)).argmax(axis=1) == y
     assert fooled[clean_correct].mean() >= 0.9
     # Digits misclassified at x are returned untouched, without a query.
-    assert np.all(used <= queries) and np.all(used[~clean_correct] == 0)
+    assert np.all(used <= queries + 1) and np.all(used[~clean_correct] == 0)
     np.testing.assert_array_equal(images[~clean_correct], x[~clean_correct])
     assert np.median(used[fooled]) < queries / 4  # fooled examples stop spending queries
     # The public function runs the same search from the same seeds.
@@ -146,10 +197,10 @@ def test_restarts_only_add_successes_and_use_the_next_seeds(rng):
     def fooled(x_adv):
         return np.asarray(model(x_adv)).argmax(axis=1) != y
 
-    one = square.square(model, x, y, 0.1, queries=10, seed=3)
-    next_seed = square.square(model, x, y, 0.1, queries=10, seed=4)
-    three = square.square(model, x, y, 0.1, queries=10, restarts=3, seed=3)
-    assert_in_bounds(three, x, 0.1)
+    one = square.square(model, x, y, 0.3, queries=10, seed=3)
+    next_seed = square.square(model, x, y, 0.3, queries=10, seed=4)
+    three = square.square(model, x, y, 0.3, queries=10, restarts=3, seed=3)
+    assert_in_bounds(three, x, 0.3)
     # Restart r of seed 3 is the single run of seed 3 + r: its successes are kept.
     assert np.all(fooled(three)[fooled(one) | fooled(next_seed)])
     assert fooled(three).sum() > max(fooled(one).sum(), fooled(next_seed).sum())
@@ -166,6 +217,52 @@ def test_restart_queries_are_summed_over_the_runs(rng):
     graph = tf.function(square._square_graph, autograph=False)
     _, used = graph(model, x, y, 0.05, 20, square.SQUARE_P_INIT, 2, seeds)
     np.testing.assert_array_equal(np.asarray(used), per_restart[0] + per_restart[1])
+
+
+def test_windows_never_touch_the_last_row_or_column(rng):
+    # AutoAttack draws the window corner in [0, h - s): with 1 x 1 windows (p_init = 1/16 of
+    # a 4 x 4 image) the last row and the last column keep the stripes' values, while the
+    # other pixels move. The bias keeps every example robust, so all proposals are made.
+    weights = rng.normal(size=(PIXELS, 2)).astype(np.float32)
+    model = linear_model(weights, [100.0, -100.0])
+    x = rng.uniform(0.3, 0.7, size=(8, SIDE, SIDE, CHANNELS)).astype(np.float32)
+    y = np.zeros(8, np.int64)
+    seeds = seeds_for(range(8))
+    loop = tf.function(
+        lambda x, y, seeds: square.square_loop(model, x, y, 0.1, 200, seeds, p_init=1.0 / 16),
+        autograph=False,
+    )
+    images, _, fooled, used = (np.asarray(t) for t in loop(x, y, seeds))
+    assert not fooled.any() and np.all(used == 201)
+    stripes = np.asarray(square._stripes(tf.constant(x), tf.constant(seeds), 0.1))
+    np.testing.assert_allclose(images[:, -1], stripes[:, -1], atol=TOLERANCE)
+    np.testing.assert_allclose(images[:, :, -1], stripes[:, :, -1], atol=TOLERANCE)
+    assert np.any(np.abs(images[:, :-1, :-1] - stripes[:, :-1, :-1]) > 0.1)
+
+
+def test_the_stripes_are_the_first_query_and_a_tie_stops_the_search(rng):
+    x = rng.uniform(0.3, 0.7, size=(6, SIDE, SIDE, CHANNELS)).astype(np.float32)
+    epsilon = 0.1
+    stripes = np.asarray(square._stripes(tf.constant(x), tf.constant(seeds_for(range(6))), epsilon))
+    # Vertical stripes: every pixel moves by +-epsilon, one sign per column and channel.
+    delta = stripes - x
+    np.testing.assert_allclose(np.abs(delta), epsilon, atol=TOLERANCE)
+    np.testing.assert_allclose(delta, np.broadcast_to(delta[:, :1], delta.shape), atol=TOLERANCE)
+
+    # Constant logits: argmax is class 0, so label 0 is attacked, and the margin 0 after the
+    # stripes counts as a success (AutoAttack stops on margin <= 0): one query.
+    def tied(images):
+        return tf.zeros([tf.shape(images)[0], 3])
+
+    images, scores, fooled, used = (
+        np.asarray(t)
+        for t in square.square_loop(tied, x, np.zeros(6), epsilon, 50, seeds_for(range(6)))
+    )
+    assert fooled.all() and np.all(used == 1) and np.all(scores == 0.0)
+    np.testing.assert_allclose(images, stripes, atol=TOLERANCE)
+    # Label 1 is misclassified at x (argmax 0): not attacked, no query.
+    _, _, fooled, used = square.square_loop(tied, x, np.ones(6), epsilon, 50, seeds_for(range(6)))
+    assert np.all(np.asarray(used) == 0)
 
 
 class Quantize(keras.layers.Layer):
