@@ -145,7 +145,7 @@ def test_npz_arrays_of_uint8_digits(tmp_path, mnist_sample):
                 "x_test": np.zeros((2, 8, 8)),
                 "y_test": np.zeros(2, int),
             },
-            "images must be scaled to [0, 1]",
+            "x_train must be scaled to [0, 1]",
         ),
         (
             {
@@ -154,7 +154,7 @@ def test_npz_arrays_of_uint8_digits(tmp_path, mnist_sample):
                 "x_test": np.zeros((2, 8, 8)),
                 "y_test": np.zeros(2, int),
             },
-            "x_train/y_train has 4 images but 3 labels",
+            "has 4 x_train but 3 y_train",
         ),
         (
             {
@@ -163,7 +163,7 @@ def test_npz_arrays_of_uint8_digits(tmp_path, mnist_sample):
                 "x_test": np.zeros((2, 8, 8)),
                 "y_test": np.zeros(2, int),
             },
-            "labels must be integer classes",
+            "y_train must be integer classes",
         ),
     ],
 )
@@ -173,6 +173,100 @@ def test_bad_npz_files_are_explained(tmp_path, arrays, message):
     with pytest.raises(ValueError, match=None) as raised:
         datasets.prepare(f"npz:{path}")
     assert message in str(raised.value)
+
+
+def _digits(train=None, test=None, **overrides):
+    """A valid npz content (4 classes, every one trained on), with arrays replaced."""
+    arrays = {
+        "x_train": np.zeros((8, 6, 6), np.float32),
+        "y_train": np.arange(8) % 4,
+        "x_test": np.zeros((4, 6, 6), np.float32),
+        "y_test": np.arange(4),
+    }
+    arrays.update(overrides)
+    return arrays
+
+
+def _with_pixel(value, key):
+    images = np.zeros((8 if key == "x_train" else 4, 6, 6), np.float32)
+    images[3, 2, 1] = value
+    return {key: images}
+
+
+@pytest.mark.parametrize(
+    "arrays, message",
+    [
+        (_digits(**_with_pixel(np.nan, "x_train")), "x_train has 1 non-finite pixels (1 NaN"),
+        (_digits(**_with_pixel(np.nan, "x_test")), "x_test has 1 non-finite pixels (1 NaN"),
+        (_digits(**_with_pixel(np.inf, "x_test")), "x_test has 1 non-finite pixels (0 NaN, 1 Inf"),
+        (_digits(y_train=np.array([0, 1, 2, 3, 0, 1, 2, 1000])), "no example of 996 classes"),
+        (_digits(y_train=np.array([0, 1, 2, 3, 0, 1, 2, -1])), "y_train must be classes >= 0"),
+        (_digits(y_test=np.array([0, 1, 2, 4])), "y_test has label 4 that y_train never has"),
+        (_digits(y_test=np.zeros(3, int)), "has 4 x_test but 3 y_test"),
+    ],
+)
+def test_bad_npz_arrays_get_one_line_naming_the_file_and_the_array(tmp_path, arrays, message):
+    path = tmp_path / "bad.npz"
+    np.savez(path, **arrays)
+    with pytest.raises(ValueError) as raised:
+        datasets.prepare(f"npz:{path}")
+    text = str(raised.value)
+    assert message in text and str(path) in text and "\n" not in text
+
+
+def test_a_valid_npz_gets_max_label_plus_one_classes(tmp_path):
+    # The reference for the bad cases above: the same arrays unchanged are accepted.
+    path = tmp_path / "good.npz"
+    np.savez(path, **_digits())
+    assert datasets.prepare(f"npz:{path}").num_classes == 4
+
+
+def _truncated(path):
+    np.savez(path, **_digits())
+    content = path.read_bytes()
+    path.write_bytes(content[: len(content) // 2])
+
+
+def _npy_named_npz(path):
+    with open(path, "wb") as stream:
+        np.save(stream, np.zeros((4, 6, 6)))
+
+
+def _text(path):
+    path.write_text("x_train,y_train\n0,1\n")
+
+
+def _object_member(path):
+    np.savez(path, **_digits(y_test=np.array([{"label": 1}] * 4, dtype=object)))
+
+
+@pytest.mark.parametrize(
+    "write, message",
+    [
+        (_truncated, "is damaged or truncated"),
+        (_npy_named_npz, "is a single .npy array, not a .npz archive"),
+        (_text, "is not a .npz archive"),
+        (_object_member, "array y_test holds Python objects"),
+    ],
+)
+def test_files_that_are_not_npz_archives_get_one_line_and_no_unpickling_hint(
+    tmp_path, write, message
+):
+    path = tmp_path / "data.npz"
+    write(path)
+    with pytest.raises(ValueError) as raised:
+        datasets.prepare(f"npz:{path}")
+    text = str(raised.value)
+    assert message in text and str(path) in text and "\n" not in text
+    assert "allow_pickle" not in text and "unsafe" not in text
+    # The evaluation reader goes through the same checks.
+    with pytest.raises(ValueError, match=message.replace(".", r"\.")):
+        datasets.evaluation_split(f"npz:{path}")
+
+
+def test_a_folder_given_as_npz_file_is_called_a_folder(tmp_path):
+    with pytest.raises(ValueError, match="is a folder"):
+        datasets.prepare(f"npz:{tmp_path}")
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import keras
+import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
@@ -288,6 +289,28 @@ def test_bad_input_fails_with_one_line_and_no_workdir(tmp_path, capsys, argument
     assert line.startswith("bin/train: error: ") and message in line, line
     assert not workdir.exists()
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_nan_pixels_in_an_npz_split_stop_the_run_before_any_work(tmp_path, capsys, split):
+    images = {"train": np.zeros((300, 28, 28), np.float32), "test": np.zeros((50, 28, 28))}
+    images[split][7, 3, 3] = np.nan
+    path = tmp_path / "digits.npz"
+    np.savez(
+        path,
+        x_train=images["train"],
+        y_train=np.arange(300) % 10,
+        x_test=images["test"],
+        y_test=np.arange(50) % 10,
+    )
+    workdir = tmp_path / "run"
+    code = run_cli(
+        f"--config={CONFIGS}/mnist_demo.py", f"--workdir={workdir}", f"--dataset=npz:{path}"
+    )
+    assert code == 1
+    line = error_line(capsys)
+    assert f"npz file {path} x_{split} has 1 non-finite pixels (1 NaN" in line, line
+    assert not workdir.exists()
 
 
 def test_missing_imagenet_tars_say_where_to_put_them(tmp_path, capsys):
