@@ -35,6 +35,7 @@ the training element order fixed. Evaluation pipelines always keep their order.
 
 import dataclasses
 import os
+import socket
 import zipfile
 
 import numpy as np
@@ -227,10 +228,88 @@ def imagenet_manual_dir(data_dir=None, manual_dir=None):
     return os.path.join(root, "downloads", "manual")
 
 
-def _tfds_builder(name, data_dir):
-    import tensorflow_datasets as tfds
+def tfds_builder(name, data_dir=None):
+    """The TFDS builder of a dataset, checked to be usable before anything is downloaded.
 
-    return tfds.builder(name, data_dir=os.path.expanduser(data_dir) if data_dir else None)
+    Besides constructing the builder this reads what preparing it needs first
+    (the checksums of its source files, which TFDS finds through its own package
+    files), so that a missing dependency of tensorflow-datasets is reported here,
+    by name, and not later as a failed download.
+
+    Args:
+        name: One of `TFDS_NAMES`.
+        data_dir: TFDS data directory (None: TFDS default, ~/tensorflow_datasets).
+
+    Returns:
+        The `tfds.core.DatasetBuilder`.
+
+    Raises:
+        ValueError: Naming the missing package, or what else TFDS could not do.
+    """
+    try:
+        import tensorflow_datasets as tfds
+
+        builder = tfds.builder(name, data_dir=os.path.expanduser(data_dir) if data_dir else None)
+        type(builder).url_infos  # noqa: B018 - the read is the check
+    except Exception as error:  # noqa: BLE001 - reported with its cause, in one line
+        raise ValueError(_tfds_error(name, "set up", error)) from error
+    return builder
+
+
+def _tfds_error(name, action, error, data_dir=None):
+    """One line for a TFDS failure that names its real cause."""
+    where = f" in {data_dir}" if data_dir else ""
+    missing = _cause(error, ImportError)
+    if missing is not None:
+        package = getattr(missing, "name", None) or "a package"
+        return (
+            f"tensorflow-datasets cannot {action} {name}{where}: the Python package {package} "
+            f"is not installed ({_error_text(missing)}); install it (pip install {package}), "
+            "or reinstall deat_tf (pip install -e .), which requires it."
+        )
+    if _is_network_error(error):
+        return (
+            f"could not {action} {name}{where}: the download failed ({_error_text(error)}); "
+            "check network access, or prepare it on another machine and pass --data_dir."
+        )
+    return f"could not {action} {name}{where} ({_error_text(error)})."
+
+
+def _cause(error, kind):
+    """The first exception of type `kind` in the chain of `error`, or None."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, kind):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _is_network_error(error):
+    # requests' and urllib3's errors derive from these builtins or carry their names;
+    # a disk error (an OSError too) must not be blamed on the network.
+    network = (ConnectionError, TimeoutError, socket.gaierror, socket.timeout)
+    seen = set()
+    while error is not None and id(error) not in seen:
+        kinds = {cls.__name__ for cls in type(error).__mro__}
+        if isinstance(error, network) or kinds & _NETWORK_ERROR_NAMES:
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False
+
+
+_NETWORK_ERROR_NAMES = {
+    "RequestException",
+    "ConnectionError",
+    "HTTPError",
+    "Timeout",
+    "NameResolutionError",
+    "MaxRetryError",
+    "NewConnectionError",
+    "DownloadError",
+}
 
 
 def describe(name):
@@ -276,7 +355,7 @@ def prepare(name, data_dir=None, manual_dir=None, download=True):
 
 
 def _download_and_prepare(name, data_dir, manual_dir, download):
-    builder = _tfds_builder(name, data_dir)
+    builder = tfds_builder(name, data_dir)
     if _is_prepared(builder):
         return
     if name == "imagenet2012":
@@ -305,12 +384,8 @@ def _download_and_prepare(name, data_dir, manual_dir, download):
     try:
         builder.download_and_prepare(download_config=config)
     except Exception as error:  # noqa: BLE001 - any failure here is a setup problem
-        text = str(error).strip()
-        first_line = text.splitlines()[0] if text else type(error).__name__
         raise ValueError(
-            f"could not download and prepare {name} in {builder.data_dir_root} "
-            f"({type(error).__name__}: {first_line}); check network access, or prepare it "
-            "on another machine and pass data_dir=DIR."
+            _tfds_error(name, "download and prepare", error, builder.data_dir_root)
         ) from error
 
 
@@ -487,7 +562,7 @@ def _source(name, split, data_dir=None, deterministic=True, seed=0):
     import tensorflow_datasets as tfds
 
     spec = DATASETS[name]
-    builder = _tfds_builder(name, data_dir)
+    builder = tfds_builder(name, data_dir)
     tfds_split = spec.test_split if split == "test" else split
     # ImageNet stays encoded so that the random crop decodes only the window it keeps.
     decoders = {"image": tfds.decode.SkipDecoding()} if name == "imagenet2012" else None

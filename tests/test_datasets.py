@@ -1,5 +1,9 @@
 """Input pipelines: carving, ranges, augmentations, determinism, npz files, ImageNet checks."""
 
+import socket
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -104,6 +108,55 @@ def test_resize_center_crop_keeps_the_middle_of_the_image():
     # Shorter side 100 -> 64, width 300 -> 192, then the central 56 x 56.
     assert cropped.shape == (56, 56, 3)
     assert cropped[:, 28].min() > 0.9 and cropped[:, 0].max() < 0.1
+
+
+@pytest.mark.parametrize("name", datasets.TFDS_NAMES)
+def test_every_supported_tfds_builder_can_be_set_up_from_the_install(tmp_path, name):
+    # Not mocked: the real builder, and the checksums of its source files that
+    # preparing reads first (this fails on an install missing a TFDS dependency).
+    # Nothing is downloaded.
+    builder = datasets.tfds_builder(name, data_dir=str(tmp_path))
+    assert type(builder).url_infos
+    spec = datasets.DATASETS[name]
+    assert builder.info.features["label"].num_classes == spec.num_classes
+    image_shape = builder.info.features["image"].shape
+    assert image_shape == (spec.image_shape or (None, None, 3))
+    assert not any(tmp_path.rglob("*.gz")) and not any(tmp_path.rglob("*.tar"))
+
+
+def test_a_missing_tfds_dependency_is_named_and_not_blamed_on_the_network(tmp_path):
+    # A fresh interpreter in which importing importlib_resources fails, as on an
+    # install without it; the real TFDS code then hits the ImportError.
+    script = (
+        "import sys; sys.modules['importlib_resources'] = None\n"
+        "from deat_tf import datasets\n"
+        "try:\n"
+        f"    datasets.prepare('mnist', data_dir={str(tmp_path)!r})\n"
+        "except ValueError as error:\n"
+        "    print(error)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+    )
+    line = result.stdout.strip()
+    assert "the Python package importlib_resources is not installed" in line, result
+    assert "network" not in line and "\n" not in line
+
+
+@pytest.mark.parametrize(
+    "error, expected",
+    [
+        (OSError(28, "No space left on device"), "(OSError: [Errno 28] No space left on device)."),
+        (ConnectionError("connection refused"), "the download failed"),
+        (socket.gaierror(-2, "Name or service not known"), "check network access"),
+    ],
+)
+def test_tfds_failures_name_their_cause(error, expected):
+    line = datasets._tfds_error("cifar10", "download and prepare", error, "/data")
+    assert line.startswith("could not download and prepare cifar10 in /data")
+    assert expected in line
+    if isinstance(error, OSError) and error.errno == 28:
+        assert "network" not in line
 
 
 def test_missing_imagenet_tars_raise_with_the_manual_folder(tmp_path):
