@@ -18,6 +18,7 @@ from deat_tf import config as config_lib
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN_TRAIN = os.path.join(REPOSITORY, "bin", "train")
+BIN_EVALUATE = os.path.join(REPOSITORY, "bin", "evaluate")
 CONFIGS = os.path.join(REPOSITORY, "configs")
 
 # Small runs: one epoch of few minibatches, few PGD steps (tracing dominates on CPU).
@@ -373,6 +374,87 @@ def test_script_exits_with_status_1_and_one_line(tmp_path):
     )
     assert "Traceback" not in result.stderr
     assert not workdir.exists()
+
+
+def help_entries(text):
+    """{flag name: its entry} of a --help text whose entries start with '  --'."""
+    entries = {}
+    for chunk in text.split("\n  --")[1:]:
+        heading = chunk.split("\n", 1)[0]
+        name = heading.split("=", 1)[0].removeprefix("[no]")
+        entries[name] = " ".join(chunk.split())
+    return entries
+
+
+def test_help_shows_every_setting_grouped_with_meaning_and_default(capsys):
+    with pytest.raises(SystemExit) as exited:
+        cli.run_train(["--help"])
+    assert exited.value.code == 0
+    text = capsys.readouterr().out
+    entries = help_entries(text)
+    assert set(entries) == {"config", "workdir", "restart"} | set(config_lib.FIELDS)
+    documented = dict(item for _, fields in config_lib.field_documentation() for item in fields)
+    for name in config_lib.FIELDS:
+        assert " ".join(documented[name].split()) in entries[name], name
+        assert "Default: " in entries[name], name
+    assert "Default: deat." in entries["method"] and "Default: 0.5,0.8." in entries["lr_boundaries"]
+    assert "Default: none." in entries["step_size"] and "Default: true." in entries["download"]
+    # Groups, in the documentation's order; none of absl's or TensorFlow's own flags.
+    titles = [title for title, _ in config_lib.field_documentation()]
+    positions = [text.index(f"\n{title}:\n") for title in ["Run"] + titles]
+    assert positions == sorted(positions)
+    assert "--tpu" not in text and "logtostderr" not in text and "--flagfile" not in text
+    assert "run as a program" in entries["config"]
+
+
+def test_help_lists_the_allowed_values_the_code_accepts(capsys):
+    from deat_tf import (
+        adversarial_model,
+        attacks,
+        datasets,
+        distribute,
+        learning_rates,
+        methods,
+        models,
+    )
+
+    with pytest.raises(SystemExit):
+        cli.run_train(["-h"])
+    entries = help_entries(capsys.readouterr().out)
+    allowed = {
+        "dataset": datasets.TFDS_NAMES + ("mnist_sample", "npz:PATH"),
+        "augmentation": datasets.AUGMENTATIONS,
+        "model": tuple(models.MODELS),
+        "init": models.INITS,
+        "method": methods.NAMES,
+        "initialization": attacks.INITIALIZATIONS,
+        "step_size_rule": adversarial_model.STEP_SIZE_RULES,
+        "scheduler": train.SCHEDULERS,
+        "attack_batch_norm": adversarial_model.ATTACK_BATCH_NORM,
+        "optimizer": train.OPTIMIZERS,
+        "lr_schedule": learning_rates.LR_SCHEDULES,
+        "strategy": distribute.STRATEGIES,
+        "precision": train.PRECISIONS,
+    }
+    for name, choices in allowed.items():
+        words = {word.strip(".,:;()") for word in entries[name].split()}
+        missing = [choice for choice in choices if choice not in words]
+        assert not missing, (name, missing)
+
+
+def test_installed_commands_print_their_help_with_status_0():
+    environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    for script, expected in ((BIN_TRAIN, "--epsilon=X"), (BIN_EVALUATE, "--attacks=VALUE")):
+        result = subprocess.run(
+            [sys.executable, script, "--help"],
+            capture_output=True,
+            text=True,
+            env=environment,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith(f"usage: bin/{os.path.basename(script)} ")
+        assert expected in result.stdout and "Try --helpfull" not in result.stdout
 
 
 @pytest.mark.slow
