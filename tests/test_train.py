@@ -227,6 +227,29 @@ def test_two_replica_mirrored_run_through_the_cli(tmp_path):
     assert model.attack_steps == 2 and model.minibatches == 3
 
 
+def test_epoch_lines_start_their_own_line_below_the_progress_bar(tmp_path, capsys):
+    workdir = tmp_path / "bar"
+    code = run_cli(
+        f"--config={CONFIGS}/mnist_demo.py",
+        f"--workdir={workdir}",
+        "--batch_size=32",
+        "--validation_size=64",
+        "--test_examples=0",
+        "--train_accuracy_examples=0",
+        "--epochs=2",
+        "--steps_per_epoch=2",
+        "--validation_attack_steps=1",
+        "--progress_bar",
+    )
+    assert code == 0
+    output = capsys.readouterr().out
+    assert "loss:" in output  # the bar was shown
+    epoch_lines = [line for line in output.splitlines() if "epoch " in line and "r=" in line]
+    assert len(epoch_lines) == 2, output
+    for line in epoch_lines:
+        assert line.lstrip("\r").startswith("epoch "), line
+
+
 def test_jit_compile_trains_the_mnist_cnn_on_cpu(tmp_path):
     config = config_lib.replace(
         config_lib.load_file(os.path.join(CONFIGS, "mnist_demo.py")),
