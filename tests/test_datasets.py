@@ -415,3 +415,17 @@ def test_parts_of_a_batch_are_that_batch_augmented_alike():
             labels.numpy(), np.concatenate([part[index][1].numpy() for part in parts])
         )
     assert parts[0][0][0].shape == (3, 32, 32, 3)
+
+
+def test_readme_names_for_the_embedded_digits_work_after_import_deat_tf(mnist_sample):
+    import deat_tf
+
+    digits = deat_tf.datasets.load_mnist_sample()
+    assert {key: value.shape for key, value in digits.items()} == {
+        "x_train": (8000, 28, 28, 1),
+        "y_train": (8000,),
+        "x_test": (2000, 28, 28, 1),
+        "y_test": (2000,),
+    }
+    np.testing.assert_array_equal(digits["y_test"], mnist_sample["y_test"])
+    assert deat_tf.evaluation.AttackSuite and deat_tf.evaluation.evaluate
