@@ -8,7 +8,7 @@ iteration count.
 
 # Importing learning_rates and optimizers registers the recipes' schedules and
 # PyTorchSGD for loading .keras files.
-from deat_tf import attacks, learning_rates, models, optimizers
+from deat_tf import attacks, datasets, evaluation, learning_rates, models, optimizers
 from deat_tf.adversarial_model import METHODS, AdversarialModel
 from deat_tf.learning_rates import MinibatchSchedule
 from deat_tf.optimizers import PyTorchSGD
@@ -31,6 +31,8 @@ __all__ = [
     "PeriodicScheduler",
     "PyTorchSGD",
     "attacks",
+    "datasets",
+    "evaluation",
     "learning_rates",
     "models",
     "optimizers",

@@ -377,8 +377,9 @@ class AdversarialModel(validation.RobustValidation, keras.Model):
     def fit(self, x=None, y=None, batch_size=None, **kwargs):
         """`keras.Model.fit`, after checking the data (before any update).
 
-        Images must be a float batch [batch, height, width, channels] in [0, 1]
-        and labels integers in [0, classes). Arrays are checked whole; for a
+        Images must be a float batch [batch, height, width, channels] of finite
+        values in [0, 1] (no NaN or Inf) and labels integers in [0, classes).
+        Arrays are checked whole; for a
         `tf.data.Dataset` the first batch is checked, which runs the pipeline up
         to that batch once more (for a large shuffle buffer, a one-off cost of
         filling it).

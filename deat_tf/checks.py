@@ -148,17 +148,25 @@ def _number(value, name, expected):
         raise ValueError(f"{name} must be {expected}, got {value!r}.") from None
 
 
-def check_image_arrays(images, labels, name, allow_uint8=True, num_classes=None):
+def check_image_arrays(
+    images, labels, name, allow_uint8=True, num_classes=None, array_names=("images", "labels")
+):
     """Checks in-memory images and labels; returns them in the pipelines' types.
+
+    Float images must be finite: a NaN passes every comparison with 0 and 1, and
+    one NaN pixel zeroes the input gradients of its batch and poisons the weights.
 
     Args:
         images: Array [N, H, W, C] (or [N, H, W] when `allow_uint8`), uint8
             (0-255, when `allow_uint8`) or floats in [0, 1].
         labels: Integer array with N labels >= 0.
-        name: What the arrays are, for the error messages (e.g. "npz x_test").
+        name: What the arrays are, for the error messages (e.g. "npz file
+            data.npz"); each message starts with it.
         allow_uint8: Whether uint8 images and 3-D arrays (no channel axis) are
             accepted; a network's input must be 4-D floats.
         num_classes: If given, labels must be < num_classes.
+        array_names: What the messages call the images and the labels (e.g.
+            ("x_train", "y_train")).
 
     Returns:
         (images [N, H, W, C] as uint8 or float32, labels [N] as int64).
@@ -168,37 +176,49 @@ def check_image_arrays(images, labels, name, allow_uint8=True, num_classes=None)
     """
     images = np.asarray(images)
     labels = np.asarray(labels)
+    images_name, labels_name = array_names
     if allow_uint8 and images.ndim == 3:
         images = images[..., None]
     if images.ndim != 4:
         expected = (
             "[N, H, W] or [N, H, W, C]" if allow_uint8 else "[batch, height, width, channels]"
         )
-        raise ValueError(f"{name} images must have shape {expected}, got {images.shape}.")
+        raise ValueError(f"{name} {images_name} must have shape {expected}, got {images.shape}.")
     if images.dtype != np.uint8 or not allow_uint8:
         if not np.issubdtype(images.dtype, np.floating):
             expected = "uint8 (0-255) or floats in [0, 1]" if allow_uint8 else "floats in [0, 1]"
             raise ValueError(
-                f"{name} images must be {expected}, got {images.dtype} "
+                f"{name} {images_name} must be {expected}, got {images.dtype} "
                 "(divide uint8 images by 255)."
+            )
+        finite = np.isfinite(images)
+        if not finite.all():
+            bad = images[~finite]
+            first = int(np.argmin(finite.reshape(finite.shape[0], -1).all(axis=1)))
+            raise ValueError(
+                f"{name} {images_name} has {bad.size} non-finite pixels "
+                f"({int(np.isnan(bad).sum())} NaN, {int(np.isinf(bad).sum())} Inf; the first "
+                f"in example {first}); images must be finite values in [0, 1]."
             )
         if images.size and (images.min() < 0.0 or images.max() > 1.0):
             raise ValueError(
-                f"{name} images must be scaled to [0, 1] (epsilon is in pixel units), got values "
-                f"in [{images.min():.4g}, {images.max():.4g}]; divide uint8 images by 255."
+                f"{name} {images_name} must be scaled to [0, 1] (epsilon is in pixel units), got "
+                f"values in [{images.min():.4g}, {images.max():.4g}]; divide uint8 images by 255."
             )
         images = images.astype(np.float32)
     if not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"{name} labels must be integer classes, got {labels.dtype}.")
+        raise ValueError(f"{name} {labels_name} must be integer classes, got {labels.dtype}.")
     labels = labels.reshape(-1)
     if labels.shape[0] != images.shape[0]:
-        raise ValueError(f"{name} has {images.shape[0]} images but {labels.shape[0]} labels.")
+        raise ValueError(
+            f"{name} has {images.shape[0]} {images_name} but {labels.shape[0]} {labels_name}."
+        )
     if not images.shape[0]:
-        raise ValueError(f"{name} has no examples.")
+        raise ValueError(f"{name} {images_name} has no examples.")
     if labels.min() < 0 or (num_classes is not None and labels.max() >= num_classes):
         allowed = ">= 0" if num_classes is None else f"in [0, {num_classes - 1}]"
         raise ValueError(
-            f"{name} labels must be classes {allowed}, got values in "
+            f"{name} {labels_name} must be classes {allowed}, got values in "
             f"[{labels.min()}, {labels.max()}]."
         )
     return images, labels.astype(np.int64)

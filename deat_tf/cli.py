@@ -17,6 +17,7 @@ and `cli.run_evaluate([...])` parse the arguments into fresh flag values and run
 import fractions
 import os
 import sys
+import textwrap
 
 from absl import app, flags, logging
 
@@ -147,7 +148,9 @@ def define_train_flags(flag_values):
     flags.DEFINE_string(
         "config",
         None,
-        "Recipe file, e.g. configs/mnist_demo.py, or a run's config.json.",
+        "Recipe file, e.g. configs/mnist_demo.py: Python code defining get_config(), run as "
+        "a program (use only recipes you trust), or a run's config.json (data only, to "
+        "repeat that run or share its settings safely).",
         flag_values=flag_values,
     )
     flags.DEFINE_string(
@@ -163,17 +166,98 @@ def define_train_flags(flag_values):
         "Start over in a workdir that holds an earlier run (its outputs are deleted).",
         flag_values=flag_values,
     )
+    documentation = {
+        name: text for _, fields in config_lib.field_documentation() for name, text in fields
+    }
     for name in config_lib.FIELDS:
-        kind, optional = config_lib.field_kind(name)
-        default = getattr(config_lib.TrainConfig, name)
-        help_text = (
-            f"Override {name} (default {default!r}{', none clears it' if optional else ''})."
-        )
+        kind, _ = config_lib.field_kind(name)
+        # tests/test_train.py requires every field to be documented; a missing entry
+        # still must not break the command.
+        meaning = documentation.get(name, f"See deat_tf.config.TrainConfig.{name}.")
+        help_text = f"{meaning} {_default_note(name)}"
         if kind is bool:
             flags.DEFINE_boolean(name, None, help_text, flag_values=flag_values)
         else:
             flags.DEFINE_string(name, None, help_text, flag_values=flag_values)
     return flag_values
+
+
+_RUN_FLAGS = ("config", "workdir", "restart")
+_HELP_ARGUMENTS = ("--help", "-help", "-h", "--helpshort", "-helpshort", "-?")
+_PLACEHOLDERS = {int: "N", float: "X", str: "TEXT", tuple: "X,Y,..."}
+
+
+def _default_note(name):
+    """'(default: ...)' of a config field, in the flags' own spelling."""
+    kind, optional = config_lib.field_kind(name)
+    default = getattr(config_lib.TrainConfig, name)
+    if default is None:
+        text = "none"
+    elif kind is bool:
+        text = "true" if default else "false"
+    elif kind is tuple:
+        text = ",".join(f"{value:g}" for value in default)
+    elif kind is float:
+        text = f"{default:g}"
+    else:
+        text = str(default)
+    return f"Default: {text}{'; none clears it' if optional and default is not None else ''}."
+
+
+def train_help(program=TRAIN_PROGRAM, width=100):
+    """The text of `bin/train --help`: the run flags and every training setting, grouped.
+
+    Each setting's meaning and allowed values come from the `TrainConfig`
+    documentation, its default from the dataclass, so the help cannot drift
+    from the code.
+
+    Args:
+        program: The command's name, for the usage line.
+        width: Line width to wrap to.
+
+    Returns:
+        The help text (no trailing newline).
+    """
+    flag_values = define_train_flags(flags.FlagValues())
+
+    def entry(name):
+        kind, _ = config_lib.field_kind(name) if name in config_lib.FIELDS else (str, False)
+        if name == "restart" or kind is bool:
+            heading = f"  --[no]{name}"
+        else:
+            placeholder = {"config": "FILE", "workdir": "DIR"}.get(name, _PLACEHOLDERS.get(kind))
+            heading = f"  --{name}={placeholder}"
+        body = _indented(flag_values[name].help, width)
+        return f"{heading}\n{body}"
+
+    introduction = textwrap.fill(
+        "Adversarial training from a recipe. Every setting below is a field of "
+        "deat_tf.config.TrainConfig, and its flag overrides the recipe's value. The defaults "
+        "shown are TrainConfig's own; a recipe (configs/*.py) sets its own values first. "
+        'Numbers may be written 0.03 or 8/255; "none" clears a setting that may be none; '
+        "booleans are --NAME or --noNAME.",
+        width,
+    )
+    parts = [
+        f"usage: {program} --config=FILE --workdir=DIR [--SETTING=VALUE ...]",
+        introduction,
+        "Run:\n" + "\n".join(entry(name) for name in _RUN_FLAGS),
+    ]
+    for title, fields in config_lib.field_documentation():
+        parts.append(f"{title}:\n" + "\n".join(entry(name) for name, _ in fields))
+    parts.append(f"{program} --helpfull also lists TensorFlow's and absl's own flags.")
+    return "\n\n".join(parts)
+
+
+def _indented(text, width):
+    # Unbroken hyphens keep names such as apgd-ce and random_resized_crop_flip whole.
+    return textwrap.fill(
+        text, width, initial_indent=" " * 6, subsequent_indent=" " * 6, break_on_hyphens=False
+    )
+
+
+def _wants_help(arguments):
+    return any(argument in _HELP_ARGUMENTS for argument in arguments)
 
 
 def config_from_flags(flag_values):
@@ -239,6 +323,9 @@ def run_train(arguments, program=TRAIN_PROGRAM):
     Returns:
         The summary dict.
     """
+    if _wants_help(arguments):
+        print(train_help(program))
+        raise SystemExit(0)
     flag_values = _parse(define_train_flags(flags.FlagValues()), arguments, program)
     return train(flag_values, program)
 
@@ -246,6 +333,10 @@ def run_train(arguments, program=TRAIN_PROGRAM):
 def train_main():
     """Console script `deat-train` (and `bin/train`)."""
     program = _program_name(TRAIN_PROGRAM)
+    if _wants_help(sys.argv[1:]):
+        # absl's --help shows only flags its main module defines, which here are none.
+        print(train_help(program))
+        raise SystemExit(0)
     define_train_flags(flags.FLAGS)
 
     def main(argv):
@@ -383,6 +474,47 @@ def define_evaluate_flags(flag_values):
     return flag_values
 
 
+def evaluate_help(program=EVALUATE_PROGRAM, width=100):
+    """The text of `bin/evaluate --help`: every flag with its meaning and default.
+
+    Args:
+        program: The command's name, for the usage line.
+        width: Line width to wrap to.
+
+    Returns:
+        The help text (no trailing newline).
+    """
+    flag_values = define_evaluate_flags(flags.FlagValues())
+    entries = []
+    for name, flag in flag_values._flags().items():
+        if name != flag.name:
+            continue  # a short alias
+        if isinstance(flag, flags.BooleanFlag):
+            heading = f"  --[no]{name}"
+        else:
+            heading = f"  --{name}=VALUE"
+        if flag.default is None:
+            default = ""
+        elif isinstance(flag.default, bool):
+            default = f" Default: {str(flag.default).lower()}."
+        else:
+            default = f" Default: {flag.default}."
+        body = _indented(flag.help + default, width)
+        entries.append(f"{heading}\n{body}")
+    return "\n\n".join(
+        [
+            f"usage: {program} --model=FILE (--preset=NAME | --dataset=NAME --epsilon=X) "
+            "[--FLAG=VALUE ...]",
+            textwrap.fill(
+                "Robust accuracy of a Keras classifier on [0, 1] images under a list of attacks.",
+                width,
+            ),
+            "Flags:\n" + "\n".join(entries),
+            f"{program} --helpfull also lists TensorFlow's and absl's own flags.",
+        ]
+    )
+
+
 def evaluation_settings(flag_values):
     """The flags with the preset applied: explicit flags win over the preset's values.
 
@@ -507,6 +639,9 @@ def run_evaluate(arguments, program=EVALUATE_PROGRAM, stdout=None, stderr=None):
     Returns:
         The report dict.
     """
+    if _wants_help(arguments):
+        print(evaluate_help(program), file=stdout or sys.stdout)
+        raise SystemExit(0)
     flag_values = _parse(define_evaluate_flags(flags.FlagValues()), arguments, program)
     return evaluate(flag_values, program, stdout, stderr)
 
@@ -514,6 +649,9 @@ def run_evaluate(arguments, program=EVALUATE_PROGRAM, stdout=None, stderr=None):
 def evaluate_main():
     """Console script `deat-evaluate` (and `bin/evaluate`)."""
     program = _program_name(EVALUATE_PROGRAM)
+    if _wants_help(sys.argv[1:]):
+        print(evaluate_help(program))
+        raise SystemExit(0)
     define_evaluate_flags(flags.FLAGS)
 
     def main(argv):

@@ -79,6 +79,10 @@ class TrainConfig:
             takes all K attack steps) or tau >= 0: an example stops once it has
             been misclassified at more than tau iterates (0: Wong et al.'s MNIST
             PGD training; tau > 0: friendly adversarial training).
+        track_magnitude: Compute and log the statistic M (grad_magnitude);
+            None: the method's default (yes for deat, free, pgd, trades, mart;
+            no for fgsm_rs, where it would cost an input gradient per update,
+            and none). The magnitude scheduler needs it.
 
     Optimisation:
         epochs: Number of epochs.
@@ -228,6 +232,30 @@ def replace(config, **changes):
     if unknown:
         raise ValueError(f"unknown config field {unknown[0]!r}; fields are {', '.join(FIELDS)}.")
     return dataclasses.replace(config, **changes)
+
+
+def field_documentation():
+    """The documentation of every field, grouped as the `TrainConfig` docstring groups them.
+
+    Returns:
+        A list of (group title, [(field name, one-paragraph text)]) in docstring order.
+    """
+    groups = []
+    lines = TrainConfig.__doc__.splitlines()
+    for line in lines[1:]:
+        stripped = line.strip()
+        if not stripped:
+            continue
+        indent = len(line) - len(line.lstrip())
+        if indent == 4 and stripped.endswith(":"):
+            groups.append((stripped[:-1], []))
+        elif indent == 8 and groups and ":" in stripped:
+            name, text = stripped.split(":", 1)
+            groups[-1][1].append((name, text.strip()))
+        elif indent > 8 and groups and groups[-1][1]:
+            name, text = groups[-1][1][-1]
+            groups[-1][1][-1] = (name, f"{text} {stripped}")
+    return groups
 
 
 def field_kind(name):

@@ -35,6 +35,8 @@ the training element order fixed. Evaluation pipelines always keep their order.
 
 import dataclasses
 import os
+import socket
+import zipfile
 
 import numpy as np
 import tensorflow as tf
@@ -56,6 +58,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 AUGMENTATIONS = ("auto",) + preprocessing.AUGMENTATIONS
 ARRAY_KEYS = ("x_train", "y_train", "x_test", "y_test")
+# First bytes of a zip archive (what numpy.savez writes) and of a single .npy array.
+_ZIP_MAGIC = b"PK"
+_NPY_MAGIC = b"\x93NUMPY"
 IMAGENET_MANUAL_FILES = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")
 
 
@@ -223,10 +228,88 @@ def imagenet_manual_dir(data_dir=None, manual_dir=None):
     return os.path.join(root, "downloads", "manual")
 
 
-def _tfds_builder(name, data_dir):
-    import tensorflow_datasets as tfds
+def tfds_builder(name, data_dir=None):
+    """The TFDS builder of a dataset, checked to be usable before anything is downloaded.
 
-    return tfds.builder(name, data_dir=os.path.expanduser(data_dir) if data_dir else None)
+    Besides constructing the builder this reads what preparing it needs first
+    (the checksums of its source files, which TFDS finds through its own package
+    files), so that a missing dependency of tensorflow-datasets is reported here,
+    by name, and not later as a failed download.
+
+    Args:
+        name: One of `TFDS_NAMES`.
+        data_dir: TFDS data directory (None: TFDS default, ~/tensorflow_datasets).
+
+    Returns:
+        The `tfds.core.DatasetBuilder`.
+
+    Raises:
+        ValueError: Naming the missing package, or what else TFDS could not do.
+    """
+    try:
+        import tensorflow_datasets as tfds
+
+        builder = tfds.builder(name, data_dir=os.path.expanduser(data_dir) if data_dir else None)
+        type(builder).url_infos  # noqa: B018 - the read is the check
+    except Exception as error:  # noqa: BLE001 - reported with its cause, in one line
+        raise ValueError(_tfds_error(name, "set up", error)) from error
+    return builder
+
+
+def _tfds_error(name, action, error, data_dir=None):
+    """One line for a TFDS failure that names its real cause."""
+    where = f" in {data_dir}" if data_dir else ""
+    missing = _cause(error, ImportError)
+    if missing is not None:
+        package = getattr(missing, "name", None) or "a package"
+        return (
+            f"tensorflow-datasets cannot {action} {name}{where}: the Python package {package} "
+            f"is not installed ({_error_text(missing)}); install it (pip install {package}), "
+            "or reinstall deat_tf (pip install -e .), which requires it."
+        )
+    if _is_network_error(error):
+        return (
+            f"could not {action} {name}{where}: the download failed ({_error_text(error)}); "
+            "check network access, or prepare it on another machine and pass --data_dir."
+        )
+    return f"could not {action} {name}{where} ({_error_text(error)})."
+
+
+def _cause(error, kind):
+    """The first exception of type `kind` in the chain of `error`, or None."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, kind):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _is_network_error(error):
+    # requests' and urllib3's errors derive from these builtins or carry their names;
+    # a disk error (an OSError too) must not be blamed on the network.
+    network = (ConnectionError, TimeoutError, socket.gaierror, socket.timeout)
+    seen = set()
+    while error is not None and id(error) not in seen:
+        kinds = {cls.__name__ for cls in type(error).__mro__}
+        if isinstance(error, network) or kinds & _NETWORK_ERROR_NAMES:
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False
+
+
+_NETWORK_ERROR_NAMES = {
+    "RequestException",
+    "ConnectionError",
+    "HTTPError",
+    "Timeout",
+    "NameResolutionError",
+    "MaxRetryError",
+    "NewConnectionError",
+    "DownloadError",
+}
 
 
 def describe(name):
@@ -272,7 +355,7 @@ def prepare(name, data_dir=None, manual_dir=None, download=True):
 
 
 def _download_and_prepare(name, data_dir, manual_dir, download):
-    builder = _tfds_builder(name, data_dir)
+    builder = tfds_builder(name, data_dir)
     if _is_prepared(builder):
         return
     if name == "imagenet2012":
@@ -301,12 +384,8 @@ def _download_and_prepare(name, data_dir, manual_dir, download):
     try:
         builder.download_and_prepare(download_config=config)
     except Exception as error:  # noqa: BLE001 - any failure here is a setup problem
-        text = str(error).strip()
-        first_line = text.splitlines()[0] if text else type(error).__name__
         raise ValueError(
-            f"could not download and prepare {name} in {builder.data_dir_root} "
-            f"({type(error).__name__}: {first_line}); check network access, or prepare it "
-            "on another machine and pass data_dir=DIR."
+            _tfds_error(name, "download and prepare", error, builder.data_dir_root)
         ) from error
 
 
@@ -318,42 +397,100 @@ def _is_prepared(builder):
 
 
 def _read_npz(path, keys):
-    """Reads `keys` from a .npz file, with one-line errors for missing files and keys."""
+    """Reads `keys` from a .npz file, with one-line errors naming the file and the array.
+
+    Nothing is unpickled (allow_pickle stays False), and files that are not a
+    zip archive are refused by their first bytes, before numpy would suggest
+    loading them "unsafely".
+    """
+    if os.path.isdir(path):
+        raise ValueError(f"npz file {path} is a folder; pass dataset=npz:PATH to a .npz file.")
     if not os.path.isfile(path):
         raise ValueError(
             f"npz file {path} does not exist; pass dataset=npz:PATH to an existing file."
         )
     try:
-        with np.load(path) as stored:
+        with open(path, "rb") as stream:
+            start = stream.read(len(_NPY_MAGIC))
+    except OSError as error:
+        raise ValueError(f"cannot read npz file {path} ({error.strerror or error}).") from error
+    if start.startswith(_NPY_MAGIC):
+        raise ValueError(
+            f"npz file {path} is a single .npy array, not a .npz archive; save the arrays "
+            f"{', '.join(keys)} together with numpy.savez(path, x_train=..., ...)."
+        )
+    if not start.startswith(_ZIP_MAGIC):
+        raise ValueError(
+            f"npz file {path} is not a .npz archive (a .npz is a zip file written by "
+            f"numpy.savez holding {', '.join(keys)}); its first bytes are {start[:8]!r}."
+        )
+    try:
+        with np.load(path, allow_pickle=False) as stored:
             missing = [key for key in keys if key not in stored.files]
             if missing:
                 raise ValueError(
                     f"npz file {path} has no {', '.join(missing)}; it needs arrays "
                     f"{', '.join(keys)} (images [N, H, W(, C)], integer labels [N])."
                 )
-            return {key: stored[key] for key in keys}
-    except OSError as error:
-        raise ValueError(f"cannot read {path} as a .npz file ({error}).") from error
+            return {key: _read_npz_array(stored, key, path) for key in keys}
+    except (OSError, EOFError, zipfile.BadZipFile) as error:
+        raise ValueError(
+            f"npz file {path} is damaged or truncated ({_error_text(error)}); write it again "
+            "with numpy.savez."
+        ) from error
+
+
+def _read_npz_array(stored, key, path):
+    try:
+        return stored[key]
+    except ValueError as error:
+        # numpy refuses object arrays without allow_pickle; that is a wrong file, not a hint
+        # to unpickle it.
+        if "allow_pickle" in str(error) or "pickled" in str(error):
+            raise ValueError(
+                f"npz file {path} array {key} holds Python objects, not numbers; store it as "
+                "a numeric numpy array (deat_tf never unpickles data)."
+            ) from None
+        raise ValueError(f"npz file {path} array {key} is unreadable ({error}).") from error
+    except (OSError, EOFError, zipfile.BadZipFile) as error:
+        raise ValueError(
+            f"npz file {path} array {key} is damaged or truncated ({_error_text(error)}); "
+            "write the file again with numpy.savez."
+        ) from error
+
+
+def _error_text(error):
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
 
 
 def _load_npz(path):
-    """Reads and checks a users' .npz file; returns (arrays, spec)."""
+    """Reads and checks a users' .npz file; returns (arrays, spec).
+
+    The number of classes is max(y_train) + 1, so every class below it must have
+    training examples and every test label must be one of them: a stray label
+    (1000 among digits) would otherwise silently widen the network.
+    """
     arrays = _read_npz(path, ARRAY_KEYS)
     for part in ("train", "test"):
         arrays[f"x_{part}"], arrays[f"y_{part}"] = checks.check_image_arrays(
-            arrays[f"x_{part}"], arrays[f"y_{part}"], f"npz x_{part}/y_{part}"
+            arrays[f"x_{part}"],
+            arrays[f"y_{part}"],
+            f"npz file {path}",
+            array_names=(f"x_{part}", f"y_{part}"),
         )
     if arrays["x_train"].shape[1:] != arrays["x_test"].shape[1:]:
         raise ValueError(
-            f"npz x_train and x_test images differ in shape: {arrays['x_train'].shape[1:]} vs "
-            f"{arrays['x_test'].shape[1:]}."
+            f"npz file {path} x_train and x_test images differ in shape: "
+            f"{arrays['x_train'].shape[1:]} vs {arrays['x_test'].shape[1:]}."
         )
+    num_classes = _check_npz_classes(arrays["y_train"], arrays["y_test"], path)
     scale = 255.0 if arrays["x_train"].dtype == np.uint8 else 1.0
     pixels = arrays["x_train"].reshape(-1, arrays["x_train"].shape[-1]).astype(np.float64) / scale
     std = np.maximum(pixels.std(axis=0), 1e-3)
     spec = DatasetSpec(
         name="npz",
-        num_classes=int(max(arrays["y_train"].max(), arrays["y_test"].max(initial=0))) + 1,
+        num_classes=num_classes,
         image_shape=tuple(int(d) for d in arrays["x_train"].shape[1:]),
         mean=tuple(float(v) for v in pixels.mean(axis=0)),
         std=tuple(float(v) for v in std),
@@ -361,6 +498,32 @@ def _load_npz(path):
         test_examples=int(arrays["x_test"].shape[0]),
     )
     return arrays, spec
+
+
+def _check_npz_classes(train_labels, test_labels, path):
+    """The number of classes of an npz file's labels, which must be 0..K-1, all trained on."""
+    # np.unique, not np.bincount: a stray label of 10**9 must not allocate 10**9 counters.
+    classes = np.unique(train_labels)
+    count = int(classes[-1]) + 1
+    if classes.size < count:
+        # classes is sorted and distinct, so the first position i not holding i is absent.
+        first_absent = int(np.argmax(classes != np.arange(classes.size)))
+        absent = count - classes.size
+        raise ValueError(
+            f"npz file {path} y_train has labels up to {count - 1} but no example of {absent} "
+            f"class{'es' if absent > 1 else ''} below it (the first is {first_absent}); labels "
+            "must be 0..K-1 with every class in the training split (the network gets "
+            "max label + 1 outputs)."
+        )
+    unseen = np.unique(test_labels[test_labels >= count])
+    if unseen.size:
+        shown = ", ".join(str(v) for v in unseen[:5]) + (", ..." if unseen.size > 5 else "")
+        raise ValueError(
+            f"npz file {path} y_test has label{'s' if unseen.size > 1 else ''} {shown} that "
+            f"y_train never has (its classes are 0..{count - 1}); a class without training "
+            "examples cannot be learnt or tested."
+        )
+    return count
 
 
 def _mnist_sample_arrays(path=MNIST_SAMPLE_PATH):
@@ -399,7 +562,7 @@ def _source(name, split, data_dir=None, deterministic=True, seed=0):
     import tensorflow_datasets as tfds
 
     spec = DATASETS[name]
-    builder = _tfds_builder(name, data_dir)
+    builder = tfds_builder(name, data_dir)
     tfds_split = spec.test_split if split == "test" else split
     # ImageNet stays encoded so that the random crop decodes only the window it keeps.
     decoders = {"image": tfds.decode.SkipDecoding()} if name == "imagenet2012" else None
@@ -625,7 +788,7 @@ def evaluation_split(
     if kind == "npz":
         arrays = _read_npz(path, ("x_test", "y_test"))
         images, labels = checks.check_image_arrays(
-            arrays["x_test"], arrays["y_test"], "npz x_test/y_test"
+            arrays["x_test"], arrays["y_test"], f"npz file {path}", array_names=("x_test", "y_test")
         )
         source = tf.data.Dataset.from_tensor_slices((images, labels))
         size, num_classes = images.shape[0], int(labels.max()) + 1

@@ -470,6 +470,10 @@ def _execute(run):
     # The order matters: the scheduler and the statistics add to the epoch
     # logs, the recorder saves the epoch, then the guards and TensorBoard read it.
     callbacks = [run.scheduler] if run.scheduler is not None else []
+    if config.progress_bar:
+        # Keras appends its own bar last, so the epoch's line (and any guard's warning)
+        # would print before the bar ends its line; first in the list, it ends it first.
+        callbacks.insert(0, keras.callbacks.ProgbarLogger())
     callbacks += [
         EpochStatistics(run.steps_per_epoch, config.batch_size, train_evaluator),
         non_finite,

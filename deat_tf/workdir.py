@@ -189,6 +189,13 @@ def json_ready(value):
     return value
 
 
+def _current_umask():
+    """The process umask (reading it needs setting it; it is put back at once)."""
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
 def _atomic_write(path, suffix, write):
     """Calls write(temporary path) for a temporary file next to `path`, then renames it."""
     folder = os.path.dirname(os.path.abspath(path))
@@ -196,6 +203,9 @@ def _atomic_write(path, suffix, write):
     os.close(handle)
     try:
         write(temporary)
+        # mkstemp creates the file 0600; the result must be as readable as a plain
+        # open(path, "w") would make it (others on a shared filesystem read summaries).
+        os.chmod(temporary, 0o666 & ~_current_umask())
         os.replace(temporary, path)
     except BaseException:
         if os.path.exists(temporary):

@@ -673,6 +673,12 @@ def test_setting_an_invalid_count_is_rejected():
             np.zeros(20, np.float32),
             "labels must be integer classes",
         ),
+        (
+            np.where(np.arange(20)[:, None, None, None] == 4, np.nan, 0.5).astype(np.float32)
+            * np.ones((20, 8, 8, 1), np.float32),
+            np.zeros(20, np.int64),
+            "images has 64 non-finite pixels \\(64 NaN, 0 Inf; the first in example 4\\)",
+        ),
     ],
 )
 def test_bad_training_data_is_rejected_before_any_update(images, labels, message):

@@ -1,7 +1,12 @@
 """Input pipelines: carving, ranges, augmentations, determinism, npz files, ImageNet checks."""
 
+import socket
+import subprocess
+import sys
+
 import numpy as np
 import pytest
+import requests
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
@@ -106,6 +111,57 @@ def test_resize_center_crop_keeps_the_middle_of_the_image():
     assert cropped[:, 28].min() > 0.9 and cropped[:, 0].max() < 0.1
 
 
+@pytest.mark.parametrize("name", datasets.TFDS_NAMES)
+def test_every_supported_tfds_builder_can_be_set_up_from_the_install(tmp_path, name):
+    # Not mocked: the real builder, and the checksums of its source files that
+    # preparing reads first (this fails on an install missing a TFDS dependency).
+    # Nothing is downloaded.
+    builder = datasets.tfds_builder(name, data_dir=str(tmp_path))
+    assert type(builder).url_infos
+    spec = datasets.DATASETS[name]
+    assert builder.info.features["label"].num_classes == spec.num_classes
+    image_shape = builder.info.features["image"].shape
+    assert image_shape == (spec.image_shape or (None, None, 3))
+    assert not any(tmp_path.rglob("*.gz")) and not any(tmp_path.rglob("*.tar"))
+
+
+def test_a_missing_tfds_dependency_is_named_and_not_blamed_on_the_network(tmp_path):
+    # A fresh interpreter in which importing importlib_resources fails, as on an
+    # install without it; the real TFDS code then hits the ImportError.
+    script = (
+        "import sys; sys.modules['importlib_resources'] = None\n"
+        "from deat_tf import datasets\n"
+        "try:\n"
+        f"    datasets.prepare('mnist', data_dir={str(tmp_path)!r})\n"
+        "except ValueError as error:\n"
+        "    print(error)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+    )
+    line = result.stdout.strip()
+    assert "the Python package importlib_resources is not installed" in line, result
+    assert "network" not in line and "\n" not in line
+
+
+@pytest.mark.parametrize(
+    "error, expected, network",
+    [
+        (OSError(28, "No space left on device"), "[Errno 28] No space left on device", False),
+        (ConnectionError("connection refused"), "the download failed", True),
+        (socket.gaierror(-2, "Name or service not known"), "check network access", True),
+        # What TFDS raises offline, after its retries (seen on this machine without network).
+        (requests.exceptions.ConnectionError("Max retries exceeded"), "the download failed", True),
+        (RuntimeError("checksum mismatch"), "(RuntimeError: checksum mismatch).", False),
+    ],
+)
+def test_tfds_failures_name_their_cause(error, expected, network):
+    line = datasets._tfds_error("cifar10", "download and prepare", error, "/data")
+    assert line.startswith("could not download and prepare cifar10 in /data")
+    assert expected in line
+    assert ("network" in line) == network
+
+
 def test_missing_imagenet_tars_raise_with_the_manual_folder(tmp_path):
     with pytest.raises(ValueError) as raised:
         datasets.prepare("imagenet2012", data_dir=str(tmp_path / "tfds"))
@@ -145,7 +201,7 @@ def test_npz_arrays_of_uint8_digits(tmp_path, mnist_sample):
                 "x_test": np.zeros((2, 8, 8)),
                 "y_test": np.zeros(2, int),
             },
-            "images must be scaled to [0, 1]",
+            "x_train must be scaled to [0, 1]",
         ),
         (
             {
@@ -154,7 +210,7 @@ def test_npz_arrays_of_uint8_digits(tmp_path, mnist_sample):
                 "x_test": np.zeros((2, 8, 8)),
                 "y_test": np.zeros(2, int),
             },
-            "x_train/y_train has 4 images but 3 labels",
+            "has 4 x_train but 3 y_train",
         ),
         (
             {
@@ -163,7 +219,7 @@ def test_npz_arrays_of_uint8_digits(tmp_path, mnist_sample):
                 "x_test": np.zeros((2, 8, 8)),
                 "y_test": np.zeros(2, int),
             },
-            "labels must be integer classes",
+            "y_train must be integer classes",
         ),
     ],
 )
@@ -173,6 +229,100 @@ def test_bad_npz_files_are_explained(tmp_path, arrays, message):
     with pytest.raises(ValueError, match=None) as raised:
         datasets.prepare(f"npz:{path}")
     assert message in str(raised.value)
+
+
+def _digits(train=None, test=None, **overrides):
+    """A valid npz content (4 classes, every one trained on), with arrays replaced."""
+    arrays = {
+        "x_train": np.zeros((8, 6, 6), np.float32),
+        "y_train": np.arange(8) % 4,
+        "x_test": np.zeros((4, 6, 6), np.float32),
+        "y_test": np.arange(4),
+    }
+    arrays.update(overrides)
+    return arrays
+
+
+def _with_pixel(value, key):
+    images = np.zeros((8 if key == "x_train" else 4, 6, 6), np.float32)
+    images[3, 2, 1] = value
+    return {key: images}
+
+
+@pytest.mark.parametrize(
+    "arrays, message",
+    [
+        (_digits(**_with_pixel(np.nan, "x_train")), "x_train has 1 non-finite pixels (1 NaN"),
+        (_digits(**_with_pixel(np.nan, "x_test")), "x_test has 1 non-finite pixels (1 NaN"),
+        (_digits(**_with_pixel(np.inf, "x_test")), "x_test has 1 non-finite pixels (0 NaN, 1 Inf"),
+        (_digits(y_train=np.array([0, 1, 2, 3, 0, 1, 2, 1000])), "no example of 996 classes"),
+        (_digits(y_train=np.array([0, 1, 2, 3, 0, 1, 2, -1])), "y_train must be classes >= 0"),
+        (_digits(y_test=np.array([0, 1, 2, 4])), "y_test has label 4 that y_train never has"),
+        (_digits(y_test=np.zeros(3, int)), "has 4 x_test but 3 y_test"),
+    ],
+)
+def test_bad_npz_arrays_get_one_line_naming_the_file_and_the_array(tmp_path, arrays, message):
+    path = tmp_path / "bad.npz"
+    np.savez(path, **arrays)
+    with pytest.raises(ValueError) as raised:
+        datasets.prepare(f"npz:{path}")
+    text = str(raised.value)
+    assert message in text and str(path) in text and "\n" not in text
+
+
+def test_a_valid_npz_gets_max_label_plus_one_classes(tmp_path):
+    # The reference for the bad cases above: the same arrays unchanged are accepted.
+    path = tmp_path / "good.npz"
+    np.savez(path, **_digits())
+    assert datasets.prepare(f"npz:{path}").num_classes == 4
+
+
+def _truncated(path):
+    np.savez(path, **_digits())
+    content = path.read_bytes()
+    path.write_bytes(content[: len(content) // 2])
+
+
+def _npy_named_npz(path):
+    with open(path, "wb") as stream:
+        np.save(stream, np.zeros((4, 6, 6)))
+
+
+def _text(path):
+    path.write_text("x_train,y_train\n0,1\n")
+
+
+def _object_member(path):
+    np.savez(path, **_digits(y_test=np.array([{"label": 1}] * 4, dtype=object)))
+
+
+@pytest.mark.parametrize(
+    "write, message",
+    [
+        (_truncated, "is damaged or truncated"),
+        (_npy_named_npz, "is a single .npy array, not a .npz archive"),
+        (_text, "is not a .npz archive"),
+        (_object_member, "array y_test holds Python objects"),
+    ],
+)
+def test_files_that_are_not_npz_archives_get_one_line_and_no_unpickling_hint(
+    tmp_path, write, message
+):
+    path = tmp_path / "data.npz"
+    write(path)
+    with pytest.raises(ValueError) as raised:
+        datasets.prepare(f"npz:{path}")
+    text = str(raised.value)
+    assert message in text and str(path) in text and "\n" not in text
+    assert "allow_pickle" not in text and "unsafe" not in text
+    # The evaluation reader goes through the same checks.
+    with pytest.raises(ValueError, match=message.replace(".", r"\.")):
+        datasets.evaluation_split(f"npz:{path}")
+
+
+def test_a_folder_given_as_npz_file_is_called_a_folder(tmp_path):
+    with pytest.raises(ValueError, match="is a folder"):
+        datasets.prepare(f"npz:{tmp_path}")
 
 
 @pytest.mark.parametrize(
@@ -268,3 +418,17 @@ def test_parts_of_a_batch_are_that_batch_augmented_alike():
             labels.numpy(), np.concatenate([part[index][1].numpy() for part in parts])
         )
     assert parts[0][0][0].shape == (3, 32, 32, 3)
+
+
+def test_readme_names_for_the_embedded_digits_work_after_import_deat_tf(mnist_sample):
+    import deat_tf
+
+    digits = deat_tf.datasets.load_mnist_sample()
+    assert {key: value.shape for key, value in digits.items()} == {
+        "x_train": (8000, 28, 28, 1),
+        "y_train": (8000,),
+        "x_test": (2000, 28, 28, 1),
+        "y_test": (2000,),
+    }
+    np.testing.assert_array_equal(digits["y_test"], mnist_sample["y_test"])
+    assert deat_tf.evaluation.AttackSuite and deat_tf.evaluation.evaluate

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import keras
+import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
@@ -17,6 +18,7 @@ from deat_tf import config as config_lib
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN_TRAIN = os.path.join(REPOSITORY, "bin", "train")
+BIN_EVALUATE = os.path.join(REPOSITORY, "bin", "evaluate")
 CONFIGS = os.path.join(REPOSITORY, "configs")
 
 # Small runs: one epoch of few minibatches, few PGD steps (tracing dominates on CPU).
@@ -225,6 +227,29 @@ def test_two_replica_mirrored_run_through_the_cli(tmp_path):
     assert model.attack_steps == 2 and model.minibatches == 3
 
 
+def test_epoch_lines_start_their_own_line_below_the_progress_bar(tmp_path, capsys):
+    workdir = tmp_path / "bar"
+    code = run_cli(
+        f"--config={CONFIGS}/mnist_demo.py",
+        f"--workdir={workdir}",
+        "--batch_size=32",
+        "--validation_size=64",
+        "--test_examples=0",
+        "--train_accuracy_examples=0",
+        "--epochs=2",
+        "--steps_per_epoch=2",
+        "--validation_attack_steps=1",
+        "--progress_bar",
+    )
+    assert code == 0
+    output = capsys.readouterr().out
+    assert "loss:" in output  # the bar was shown
+    epoch_lines = [line for line in output.splitlines() if "epoch " in line and "r=" in line]
+    assert len(epoch_lines) == 2, output
+    for line in epoch_lines:
+        assert line.lstrip("\r").startswith("epoch "), line
+
+
 def test_jit_compile_trains_the_mnist_cnn_on_cpu(tmp_path):
     config = config_lib.replace(
         config_lib.load_file(os.path.join(CONFIGS, "mnist_demo.py")),
@@ -290,6 +315,28 @@ def test_bad_input_fails_with_one_line_and_no_workdir(tmp_path, capsys, argument
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_nan_pixels_in_an_npz_split_stop_the_run_before_any_work(tmp_path, capsys, split):
+    images = {"train": np.zeros((300, 28, 28), np.float32), "test": np.zeros((50, 28, 28))}
+    images[split][7, 3, 3] = np.nan
+    path = tmp_path / "digits.npz"
+    np.savez(
+        path,
+        x_train=images["train"],
+        y_train=np.arange(300) % 10,
+        x_test=images["test"],
+        y_test=np.arange(50) % 10,
+    )
+    workdir = tmp_path / "run"
+    code = run_cli(
+        f"--config={CONFIGS}/mnist_demo.py", f"--workdir={workdir}", f"--dataset=npz:{path}"
+    )
+    assert code == 1
+    line = error_line(capsys)
+    assert f"npz file {path} x_{split} has 1 non-finite pixels (1 NaN" in line, line
+    assert not workdir.exists()
+
+
 def test_missing_imagenet_tars_say_where_to_put_them(tmp_path, capsys):
     workdir = tmp_path / "run"
     data_dir = tmp_path / "tfds"
@@ -350,6 +397,87 @@ def test_script_exits_with_status_1_and_one_line(tmp_path):
     )
     assert "Traceback" not in result.stderr
     assert not workdir.exists()
+
+
+def help_entries(text):
+    """{flag name: its entry} of a --help text whose entries start with '  --'."""
+    entries = {}
+    for chunk in text.split("\n  --")[1:]:
+        heading = chunk.split("\n", 1)[0]
+        name = heading.split("=", 1)[0].removeprefix("[no]")
+        entries[name] = " ".join(chunk.split())
+    return entries
+
+
+def test_help_shows_every_setting_grouped_with_meaning_and_default(capsys):
+    with pytest.raises(SystemExit) as exited:
+        cli.run_train(["--help"])
+    assert exited.value.code == 0
+    text = capsys.readouterr().out
+    entries = help_entries(text)
+    assert set(entries) == {"config", "workdir", "restart"} | set(config_lib.FIELDS)
+    documented = dict(item for _, fields in config_lib.field_documentation() for item in fields)
+    for name in config_lib.FIELDS:
+        assert " ".join(documented[name].split()) in entries[name], name
+        assert "Default: " in entries[name], name
+    assert "Default: deat." in entries["method"] and "Default: 0.5,0.8." in entries["lr_boundaries"]
+    assert "Default: none." in entries["step_size"] and "Default: true." in entries["download"]
+    # Groups, in the documentation's order; none of absl's or TensorFlow's own flags.
+    titles = [title for title, _ in config_lib.field_documentation()]
+    positions = [text.index(f"\n{title}:\n") for title in ["Run"] + titles]
+    assert positions == sorted(positions)
+    assert "--tpu" not in text and "logtostderr" not in text and "--flagfile" not in text
+    assert "run as a program" in entries["config"]
+
+
+def test_help_lists_the_allowed_values_the_code_accepts(capsys):
+    from deat_tf import (
+        adversarial_model,
+        attacks,
+        datasets,
+        distribute,
+        learning_rates,
+        methods,
+        models,
+    )
+
+    with pytest.raises(SystemExit):
+        cli.run_train(["-h"])
+    entries = help_entries(capsys.readouterr().out)
+    allowed = {
+        "dataset": datasets.TFDS_NAMES + ("mnist_sample", "npz:PATH"),
+        "augmentation": datasets.AUGMENTATIONS,
+        "model": tuple(models.MODELS),
+        "init": models.INITS,
+        "method": methods.NAMES,
+        "initialization": attacks.INITIALIZATIONS,
+        "step_size_rule": adversarial_model.STEP_SIZE_RULES,
+        "scheduler": train.SCHEDULERS,
+        "attack_batch_norm": adversarial_model.ATTACK_BATCH_NORM,
+        "optimizer": train.OPTIMIZERS,
+        "lr_schedule": learning_rates.LR_SCHEDULES,
+        "strategy": distribute.STRATEGIES,
+        "precision": train.PRECISIONS,
+    }
+    for name, choices in allowed.items():
+        words = {word.strip(".,:;()") for word in entries[name].split()}
+        missing = [choice for choice in choices if choice not in words]
+        assert not missing, (name, missing)
+
+
+def test_installed_commands_print_their_help_with_status_0():
+    environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    for script, expected in ((BIN_TRAIN, "--epsilon=X"), (BIN_EVALUATE, "--attacks=VALUE")):
+        result = subprocess.run(
+            [sys.executable, script, "--help"],
+            capture_output=True,
+            text=True,
+            env=environment,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith(f"usage: bin/{os.path.basename(script)} ")
+        assert expected in result.stdout and "Try --helpfull" not in result.stdout
 
 
 @pytest.mark.slow

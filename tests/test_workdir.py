@@ -39,6 +39,22 @@ def test_save_keras_replaces_the_file_only_when_the_save_succeeds(tmp_path):
     assert os.listdir(tmp_path) == ["network.keras"]
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o077])
+def test_atomic_writes_get_the_mode_a_plain_write_would(tmp_path, umask):
+    previous = os.umask(umask)
+    try:
+        with open(tmp_path / "plain.txt", "w") as stream:
+            stream.write("reference: the mode open() gives under this umask")
+        workdir.write_json(str(tmp_path / "summary.json"), {"status": "finished"})
+        workdir.save_keras(models.mnist_cnn(), str(tmp_path / "network.keras"))
+    finally:
+        os.umask(previous)
+    expected = os.stat(tmp_path / "plain.txt").st_mode & 0o777
+    assert expected == 0o666 & ~umask
+    for name in ("summary.json", "network.keras"):
+        assert oct(os.stat(tmp_path / name).st_mode & 0o777) == oct(expected), name
+
+
 def test_check_workdir_accepts_new_and_empty_folders_and_runs_only(tmp_path):
     new = str(tmp_path / "new" / "run")
     assert workdir.check_workdir(new) == (new, "new")
