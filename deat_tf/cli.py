@@ -160,7 +160,8 @@ def define_train_flags(flag_values):
     flags.DEFINE_boolean(
         "restart",
         False,
-        "Start over in a workdir that holds an earlier run (its outputs are deleted).",
+        "Start over in a workdir that holds an earlier run: the files the run wrote are "
+        "deleted, and a workdir holding anything else is refused.",
         flag_values=flag_values,
     )
     for name in config_lib.FIELDS:

@@ -445,6 +445,8 @@ def _execute(run):
         os.path.join(outputs, "summary.json"), _run_facts(run), config.epochs, count_name, state
     )
     try:
+        # The marker first: whatever else exists, the folder is then a run.
+        workdir_lib.write_marker(outputs)
         workdir_lib.write_json(os.path.join(outputs, "config.json"), config.to_dict())
         os.makedirs(os.path.join(outputs, "checkpoints"), exist_ok=True)
         summary.write()
@@ -452,6 +454,9 @@ def _execute(run):
         # Nothing has trained yet: leave no partial workdir behind.
         if created:
             shutil.rmtree(created, ignore_errors=True)
+        elif run.mode != "resume" and chief:
+            with contextlib.suppress(OSError):
+                os.remove(os.path.join(outputs, workdir_lib.MARKER))
         raise
     train_evaluator = None
     if pipelines.train_evaluation is not None:

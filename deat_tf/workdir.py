@@ -1,5 +1,6 @@
 """The run's folder: checking it, creating it, and everything written into it.
 
+    deat_tf_run.json       the marker that makes the folder a deat_tf run (written first)
     config.json            the resolved TrainConfig (reload with --config=config.json)
     summary.json           per-epoch records and totals, rewritten after each epoch
     tensorboard/train/     per-epoch training scalars (epoch_* tags)
@@ -14,6 +15,11 @@
 Every file is written to a temporary name in the same folder and renamed, so
 a crash never leaves a half-written file; TensorFlow writes checkpoints the
 same way.
+
+Only a folder holding the marker is taken for a run: a `config.json` alone
+is one of the most common file names there is. A restart removes only the
+entries listed in `OUTPUTS` and refuses while others are present, so a
+mistyped --workdir never costs files deat_tf did not write.
 """
 
 import glob
@@ -53,6 +59,20 @@ EPOCH_FIELDS = (
 CHANCE_LEVEL_FACTOR = 1.5
 RUNTIME_FIELDS = ("progress_bar", "data_dir", "manual_dir", "download", "stop_on_collapse")
 FINISHED = "finished"
+MARKER = "deat_tf_run.json"
+# Every top-level entry a run writes; a restart removes these and nothing else.
+OUTPUTS = (
+    MARKER,
+    "config.json",
+    "summary.json",
+    "tensorboard",
+    "checkpoints",
+    "model.keras",
+    "network.keras",
+    "best_network.keras",
+)
+# Left by an atomic write or a writability probe that a crash interrupted.
+TEMPORARY_PREFIXES = (".tmp_", ".deat_tf_probe_")
 MODES = ("new", "resume", "restart", "finished")
 
 
@@ -60,8 +80,10 @@ def check_workdir(workdir, settings=None, restart=False):
     """Decides what a run does with its workdir, changing nothing on disk.
 
     A new or empty folder starts a run. A folder holding a run of this
-    package (its config.json) resumes it when the settings are the same, or
-    is reported finished when its summary says so; `restart` starts it over.
+    package (its marker, `MARKER`) resumes it when the settings are the same
+    as its config.json, or is reported finished when its summary says so;
+    `restart` starts it over, provided the folder holds nothing deat_tf did
+    not write.
 
     Args:
         workdir: The output folder.
@@ -74,7 +96,8 @@ def check_workdir(workdir, settings=None, restart=False):
 
     Raises:
         ValueError: If the folder cannot be used: not a folder, not writable,
-            holding other files, or holding a run with other settings.
+            holding other files (with `restart`: beside a run), or holding a
+            run with other settings or an unreadable config.json.
     """
     if not workdir:
         raise ValueError("workdir is required: a new or empty folder for the run's outputs.")
@@ -106,14 +129,31 @@ def check_workdir(workdir, settings=None, restart=False):
 
 
 def _existing_run(path, settings, restart):
-    stored = _read_json(os.path.join(path, "config.json"))
-    if stored is None:
+    if not is_run(path):
+        listed = _listing(sorted(os.listdir(path)))
         raise ValueError(
-            f"workdir {path} already holds files that are not a deat_tf run; pass a new "
-            "workdir or empty it."
+            f"workdir {path} already holds files that are not a deat_tf run ({listed}; no "
+            f"{MARKER}); pass another --workdir (a new or empty folder)."
         )
     if restart:
+        foreign = foreign_entries(path)
+        if foreign:
+            raise ValueError(
+                f"workdir {path} holds a deat_tf run and files deat_tf did not write "
+                f"({_listing(foreign)}); --restart removes only the run's own outputs, so move "
+                "those elsewhere first, or pass a new workdir."
+            )
         return "restart"
+    config_path = os.path.join(path, "config.json")
+    stored, problem = _read_json_object(config_path)
+    if problem is not None:
+        # The checkpoints may well be intact: say what is wrong, never "empty it".
+        raise ValueError(
+            f"workdir {path} holds a deat_tf run whose config.json {problem}, so its settings "
+            "cannot be compared with these; put the run's config.json back (its checkpoints "
+            "are kept), start it over with --restart (removes only deat_tf's outputs), or "
+            "pass a new workdir."
+        )
     if settings is not None:
         differences = [
             f"{name} {stored.get(name)!r} -> {value!r}"
@@ -123,7 +163,8 @@ def _existing_run(path, settings, restart):
         if differences:
             raise ValueError(
                 f"workdir {path} holds a run with other settings ({'; '.join(differences)}); "
-                "rerun with its settings to resume it, restart it, or pass a new workdir."
+                "rerun with its settings to resume it, pass --restart to start it over, or "
+                "pass a new workdir."
             )
     summary = read_summary(path)
     if summary is not None and _is_done(summary.get("status", "")):
@@ -131,13 +172,66 @@ def _existing_run(path, settings, restart):
     return "resume"
 
 
+def is_run(path):
+    """Whether the folder `path` holds deat_tf's run marker (see `write_marker`)."""
+    marker = _read_json(os.path.join(path, MARKER))
+    return isinstance(marker, dict) and marker.get("deat_tf_run") == 1
+
+
+def write_marker(path):
+    """Writes the marker that makes `path` a deat_tf run (before any other output).
+
+    Args:
+        path: The run's folder (it exists).
+    """
+    import deat_tf
+
+    write_json(os.path.join(path, MARKER), {"deat_tf_run": 1, "written_by": deat_tf.__version__})
+
+
+def foreign_entries(path):
+    """The top-level entries of `path` that no run writes, sorted."""
+    return sorted(
+        name
+        for name in os.listdir(path)
+        if name not in OUTPUTS and not name.startswith(TEMPORARY_PREFIXES)
+    )
+
+
+def _listing(names, limit=5):
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _read_json_object(path):
+    """(the JSON object in `path`, None), or (None, what is wrong with the file)."""
+    try:
+        with open(path) as stream:
+            value = json.load(stream)
+    except FileNotFoundError:
+        return None, "is missing"
+    except OSError as error:
+        return None, f"cannot be read ({error.strerror or error})"
+    except ValueError as error:
+        return None, f"is not valid JSON ({_first_line(error)})"
+    if not isinstance(value, dict):
+        return None, f"holds a JSON {type(value).__name__}, not an object of settings"
+    return value, None
+
+
 def _is_done(status):
     return status == FINISHED or status.startswith("stopped")
 
 
 def clear_run(path):
-    """Removes a run's outputs from its workdir (for a restart), keeping the folder."""
+    """Removes a run's outputs from its workdir (for a restart), keeping the folder.
+
+    Only the entries a run writes (`OUTPUTS`, and temporary files of
+    interrupted writes) are removed; anything else stays.
+    """
     for name in os.listdir(path):
+        if name not in OUTPUTS and not name.startswith(TEMPORARY_PREFIXES):
+            continue
         target = os.path.join(path, name)
         if os.path.isdir(target) and not os.path.islink(target):
             shutil.rmtree(target)

@@ -106,6 +106,7 @@ def test_workdir_modes_follow_the_stored_run(tmp_path):
     run = tmp_path / "run"
     assert workdir.check_workdir(str(run), settings) == (str(run), "new")
     run.mkdir()
+    workdir.write_marker(str(run))
     workdir.write_json(str(run / "config.json"), settings)
     workdir.write_json(str(run / "summary.json"), {"status": "running"})
     assert workdir.check_workdir(str(run), settings)[1] == "resume"
@@ -154,3 +155,54 @@ def test_the_summary_shows_no_magnitude_for_a_model_that_does_not_compute_it(tmp
     assert untracked.split()[2] == "-" and tracked.split()[2] == "12.5"
     assert "M=" not in summary.epoch_line(state.records[0])
     assert "M=12.5" in summary.epoch_line(state.records[1])
+
+
+def project_folder(tmp_path):
+    """A folder that is not a run but holds a config.json, as many projects do."""
+    folder = tmp_path / "project"
+    (folder / "src").mkdir(parents=True)
+    (folder / "config.json").write_text('{"name": "my web app"}')
+    (folder / "src" / "main.py").write_text("print('hello')\n")
+    (folder / "README.txt").write_text("mine\n")
+    return folder
+
+
+def test_a_config_json_without_the_marker_is_not_a_run_even_with_restart(tmp_path):
+    folder = project_folder(tmp_path)
+    for restart in (False, True):
+        with pytest.raises(ValueError, match="not a deat_tf run") as raised:
+            workdir.check_workdir(str(folder), {"epochs": 3}, restart=restart)
+        message = str(raised.value)
+        assert "README.txt, config.json, src" in message and "deat_tf_run.json" in message
+        assert "empty it" not in message and "restart" not in message
+    assert sorted(os.listdir(folder)) == ["README.txt", "config.json", "src"]
+
+
+def test_restart_refuses_files_deat_tf_did_not_write_and_removes_only_its_own(tmp_path):
+    folder = project_folder(tmp_path)
+    workdir.write_marker(str(folder))
+    (folder / "checkpoints" / "last").mkdir(parents=True)
+    (folder / ".tmp_half.json").write_text("{")
+    with pytest.raises(ValueError, match=r"files deat_tf did not write \(README.txt, src\)"):
+        workdir.check_workdir(str(folder), {"epochs": 3}, restart=True)
+    workdir.clear_run(str(folder))
+    assert sorted(os.listdir(folder)) == ["README.txt", "src"]
+    assert (folder / "src" / "main.py").read_text() == "print('hello')\n"
+
+
+def test_a_run_with_a_broken_config_json_is_named_as_such(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    workdir.write_marker(str(run))
+    (run / "checkpoints").mkdir()
+    cases = {None: "is missing", "{": "is not valid JSON", "[1, 2]": "holds a JSON list"}
+    for content, expected in cases.items():
+        if content is not None:
+            (run / "config.json").write_text(content)
+        with pytest.raises(ValueError, match=expected) as raised:
+            workdir.check_workdir(str(run), {"epochs": 3})
+        message = str(raised.value)
+        assert "holds a deat_tf run whose config.json" in message
+        assert "checkpoints are kept" in message and "empty" not in message
+    # Starting over is still possible: only the marker and checkpoints/ are outputs here.
+    assert workdir.check_workdir(str(run), {"epochs": 3}, restart=True)[1] == "restart"
