@@ -22,6 +22,7 @@ entries listed in `OUTPUTS` and refuses while others are present, so a
 mistyped --workdir never costs files deat_tf did not write.
 """
 
+import errno
 import glob
 import json
 import math
@@ -503,6 +504,12 @@ class RunRecorder(keras.callbacks.Callback):
         clean = logs.get("val_accuracy", -1.0)
         robust = logs.get("val_robust_accuracy", -1.0) if clean > self.chance_level else -1.0
         key = (robust, clean)
+        # Put back if the checkpoint cannot be written.
+        before = (
+            self.state.best_key,
+            self.state.best_epoch,
+            [earlier["best"] for earlier in self.state.records],
+        )
         record["best"] = self.state.best_key is None or key > tuple(self.state.best_key)
         if record["best"]:
             self.state.best_key = key
@@ -514,8 +521,16 @@ class RunRecorder(keras.callbacks.Callback):
             if record["best"]:
                 self.checkpoints.best.save(checkpoint_number=epoch + 1)
             self.checkpoints.last.save(checkpoint_number=epoch + 1)
-            self.summary.write()
         except (OSError, tf.errors.OpError) as error:
+            # The epoch never reached its checkpoint: summary.json must not count it.
+            self.state.records.pop()
+            self.state.best_key, self.state.best_epoch, flags = before
+            for earlier, flag in zip(self.state.records, flags):
+                earlier["best"] = flag
+            raise WriteFailed(self.summary.path, self.state, error) from error
+        try:
+            self.summary.write()
+        except OSError as error:
             raise WriteFailed(self.summary.path, self.state, error) from error
         if self.verbose:
             print(self.summary.epoch_line(record), flush=True)
@@ -534,13 +549,28 @@ class WriteFailed(OSError):
 
     def __init__(self, path, state, error):
         folder = os.path.dirname(path)
-        last = state.epochs_done - 1
+        last = state.epochs_done
         kept = f"epoch {last}" if last > 0 else "none yet"
         super().__init__(
-            f"cannot write to {folder} ({_first_line(error)}); the last good checkpoint "
+            f"cannot write to {folder} ({write_error_reason(error)}); the last good checkpoint "
             f"({kept}) is intact: free space or fix the folder, then rerun the same command "
             "to resume."
         )
+
+
+def write_error_reason(error):
+    """The operating system's reason for a failed write, e.g. "No space left on device".
+
+    TensorFlow's save errors start with the op and a long temporary path and
+    put the reason at the end, where a first line cut short would lose it.
+    """
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    text = str(error)
+    for number in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EIO):
+        if os.strerror(number) in text:
+            return os.strerror(number)
+    return _first_line(error)
 
 
 class RunSummary:

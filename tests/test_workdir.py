@@ -206,3 +206,30 @@ def test_a_run_with_a_broken_config_json_is_named_as_such(tmp_path):
         assert "checkpoints are kept" in message and "empty" not in message
     # Starting over is still possible: only the marker and checkpoints/ are outputs here.
     assert workdir.check_workdir(str(run), {"epochs": 3}, restart=True)[1] == "restart"
+
+
+def test_a_full_disk_keeps_its_reason_and_the_summary_counts_only_saved_epochs(tmp_path):
+    import tensorflow as tf
+
+    state, checkpoints, recorder = recording_run(tmp_path, epochs=3)
+    recorder.on_epoch_end(0, {"loss": 1.0, "val_accuracy": 0.5})
+    # The shape of TensorFlow's SaveV2 error on a full disk: the op, a long
+    # temporary path (past any first-200-characters cut), the reason last.
+    message = (
+        "{{function_node __wrapped__SaveV2_dtypes_12_device_/job:localhost/replica:0/task:0/"
+        "device:CPU:0}} " + str(tmp_path / ("x" * 150)) + "/ckpt-2_temp/part-00000-of-00001"
+        ".data-00000-of-00001.tempstate5163861405337226040; No space left on device [Op:SaveV2]"
+    )
+
+    def full_disk(**_):
+        raise tf.errors.ResourceExhaustedError(None, None, message)
+
+    checkpoints.last.save = full_disk
+    with pytest.raises(workdir.WriteFailed) as raised:
+        recorder.on_epoch_end(1, {"loss": 0.5, "val_accuracy": 0.9})  # would be the best
+    assert "(No space left on device)" in str(raised.value)
+    assert "the last good checkpoint (epoch 1) is intact" in str(raised.value)
+    assert state.epochs_done == 1 and state.best_epoch == 1
+    assert [record["best"] for record in state.records] == [True]
+    written = json.loads((tmp_path / "summary.json").read_text())
+    assert written["epochs_completed"] == 1 and written["best_epoch"]["epoch"] == 1
