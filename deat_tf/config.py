@@ -123,6 +123,12 @@ class TrainConfig:
         stop_on_collapse: Stop when training collapses to chance or overfits
             catastrophically (`deat_tf.guards`), keeping the best checkpoint;
             off, the guards only warn.
+        checkpoint_every_steps: Also write a checkpoint inside each epoch
+            after every this many minibatches (None: not by count).
+        checkpoint_every_minutes: ... and/or when this many minutes passed
+            since the last checkpoint (None: not by time). A preempted run
+            redoes at most this much; the run resumes at that minibatch with
+            the same results (`deat_tf.checkpoints`).
     """
 
     dataset: str = "mnist_sample"
@@ -183,6 +189,8 @@ class TrainConfig:
     seed: int = 0
     progress_bar: bool = True
     stop_on_collapse: bool = True
+    checkpoint_every_steps: int | None = None
+    checkpoint_every_minutes: float | None = 30.0
 
     def __post_init__(self):
         for field in dataclasses.fields(self):

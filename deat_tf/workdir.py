@@ -58,7 +58,15 @@ EPOCH_FIELDS = (
 # Settings that do not change what a run computes: a resumed run may change them.
 # Clean accuracy up to this multiple of chance counts as no better than chance.
 CHANCE_LEVEL_FACTOR = 1.5
-RUNTIME_FIELDS = ("progress_bar", "data_dir", "manual_dir", "download", "stop_on_collapse")
+RUNTIME_FIELDS = (
+    "progress_bar",
+    "data_dir",
+    "manual_dir",
+    "download",
+    "stop_on_collapse",
+    "checkpoint_every_steps",
+    "checkpoint_every_minutes",
+)
 FINISHED = "finished"
 MARKER = "deat_tf_run.json"
 # Every top-level entry a run writes; a restart removes these and nothing else.
@@ -341,6 +349,11 @@ class RunState(tf.train.experimental.PythonState):
         best_key: (validation robust accuracy, validation accuracy) of the best epoch.
         best_epoch: The best epoch, counted from 1, or None.
         resumed_at: Epochs (counted from 0) at which the run was resumed.
+        position: Minibatches done in the epoch after the recorded ones: 0 in
+            an epoch-end checkpoint, k in one written inside an epoch
+            (`deat_tf.checkpoints`).
+        partial_metrics: That epoch's training metric values so far (None at
+            an epoch end).
     """
 
     def __init__(self):
@@ -348,6 +361,8 @@ class RunState(tf.train.experimental.PythonState):
         self.best_key = None
         self.best_epoch = None
         self.resumed_at = []
+        self.position = 0
+        self.partial_metrics = None
 
     def serialize(self):
         return json.dumps(
@@ -357,6 +372,8 @@ class RunState(tf.train.experimental.PythonState):
                     "best_key": self.best_key,
                     "best_epoch": self.best_epoch,
                     "resumed_at": self.resumed_at,
+                    "position": self.position,
+                    "partial_metrics": self.partial_metrics,
                 }
             )
         )
@@ -367,6 +384,9 @@ class RunState(tf.train.experimental.PythonState):
         self.best_key = tuple(values["best_key"]) if values["best_key"] is not None else None
         self.best_epoch = values["best_epoch"]
         self.resumed_at = values["resumed_at"]
+        # Absent from checkpoints written before mid-epoch checkpoints existed.
+        self.position = values.get("position", 0)
+        self.partial_metrics = values.get("partial_metrics")
 
     @property
     def epochs_done(self):
@@ -375,40 +395,60 @@ class RunState(tf.train.experimental.PythonState):
 
 
 class Checkpoints:
-    """The run's checkpoints: checkpoints/last (every epoch) and checkpoints/best.
+    """The run's checkpoints: checkpoints/last (epoch ends), partial (inside epochs), best.
 
     Each holds the model (with the M+ state in its variables), the optimizer
     with its slots, the `RunState` and, for FREE's carried perturbation, its
     buffer. Two of each are kept, so that a truncated or corrupted latest
-    checkpoint falls back to the one before. `tf.train.CheckpointManager` writes
-    atomically (data first, then the index of checkpoints). Keras'
-    `BackupAndRestore` saves weights and the epoch only, not the history or
-    the best epoch this run needs, and `ModelCheckpoint` monitors one value
-    where the best epoch is chosen on two (robust, then clean accuracy).
+    checkpoint falls back to the one before. `last` and `best` are numbered
+    by epoch, `partial` by minibatches trained (`deat_tf.checkpoints`).
+    `tf.train.CheckpointManager` writes atomically (data first, then the index
+    of checkpoints). Keras' `BackupAndRestore` saves weights and the epoch
+    only, not the history or the best epoch this run needs, and
+    `ModelCheckpoint` monitors one value where the best epoch is chosen on
+    two (robust, then clean accuracy).
 
     Args:
-        directory: The folder receiving last/ and best/.
+        directory: The folder receiving last/, partial/ and best/.
         model: The `AdversarialModel` (compiled, optimizer built).
         state: The `RunState`.
         extra: Other trackables to save, by name (e.g. the carried perturbation).
         restore_directory: Where `restore_latest` looks (default `directory`): a
             worker that is not the chief saves apart but resumes from the chief's.
+        steps_per_epoch: Minibatches per epoch, to order `partial` checkpoints
+            among `last` ones (None: no partial checkpoints are read).
     """
 
-    def __init__(self, directory, model, state, extra=None, restore_directory=None):
+    def __init__(
+        self, directory, model, state, extra=None, restore_directory=None, steps_per_epoch=None
+    ):
         self.checkpoint = tf.train.Checkpoint(
             model=model, optimizer=model.optimizer, run=state, **(extra or {})
         )
-        self.restore_directory = os.path.join(restore_directory or directory, "last")
-        self.last = tf.train.CheckpointManager(
-            self.checkpoint, os.path.join(directory, "last"), max_to_keep=2
-        )
-        self.best = tf.train.CheckpointManager(
-            self.checkpoint, os.path.join(directory, "best"), max_to_keep=2
-        )
+        self.restore_root = restore_directory or directory
+        self.steps_per_epoch = steps_per_epoch
+        for name in ("last", "partial", "best"):
+            manager = tf.train.CheckpointManager(
+                self.checkpoint, os.path.join(directory, name), max_to_keep=2
+            )
+            setattr(self, name, manager)
+
+    def _stored(self, name):
+        """The checkpoint paths of last/partial/best in the restore folder, oldest first."""
+        manager = getattr(self, name)
+        folder = os.path.join(self.restore_root, name)
+        if folder == manager.directory:
+            return list(manager.checkpoints)
+        listed = tf.train.get_checkpoint_state(folder)
+        return list(listed.all_model_checkpoint_paths) if listed else []
 
     def restore_latest(self, warn=print):
-        """Restores the newest readable `last` checkpoint; returns its path or None.
+        """Restores the newest readable checkpoint; returns its path or None.
+
+        The newest position comes first, whether an epoch end (last) or a
+        minibatch inside an epoch (partial); when none of those can be read,
+        the best checkpoints are tried, and the epochs after the one restored
+        are trained again.
 
         Args:
             warn: Callable receiving a warning line when a checkpoint is skipped.
@@ -416,28 +456,39 @@ class Checkpoints:
         Raises:
             ValueError: If checkpoints exist and none of them can be read.
         """
-        if self.restore_directory == self.last.directory:
-            paths = list(reversed(self.last.checkpoints))
+        last = self._stored("last")
+        if self.steps_per_epoch:
+            # Positions in minibatches: epoch E ends at E * steps_per_epoch.
+            positioned = [(_number(path) * self.steps_per_epoch, path) for path in last]
+            positioned += [(_number(path), path) for path in self._stored("partial")]
+            ordered = [path for _, path in sorted(positioned, key=lambda item: -item[0])]
         else:
-            state = tf.train.get_checkpoint_state(self.restore_directory)
-            paths = list(reversed(state.all_model_checkpoint_paths)) if state else []
-        for index, path in enumerate(paths):
+            ordered = list(reversed(last))
+        best = list(reversed(self._stored("best")))
+        candidates = ordered + best
+        for index, path in enumerate(candidates):
             try:
                 self.checkpoint.restore(path).assert_existing_objects_matched()
             # A truncated file fails in the reader in several ways (OpError,
             # IndexError, ValueError); any failure means: try the previous one.
             except Exception as error:  # noqa: BLE001
-                following = paths[index + 1] if index + 1 < len(paths) else None
-                warn(
-                    f"warning: checkpoint {path} is unreadable ({_first_line(error)}); "
-                    + (f"falling back to {following}." if following else "no older one left.")
-                )
+                following = candidates[index + 1] if index + 1 < len(candidates) else None
+                if following is None:
+                    then = "no older one left."
+                elif following in best and path not in best:
+                    then = (
+                        f"none of the latest is readable: falling back to the best checkpoint "
+                        f"{following} (the epochs after it are trained again)."
+                    )
+                else:
+                    then = f"falling back to {following}."
+                warn(f"warning: checkpoint {path} is unreadable ({_first_line(error)}); {then}")
                 continue
             return path
-        if paths:
+        if candidates:
             raise ValueError(
-                f"no readable checkpoint in {os.path.dirname(paths[0])}; start the run over "
-                "(restart) or restore the folder."
+                f"no readable checkpoint in {self.restore_root} (last, partial or best); "
+                "restore the folder from a backup, or start the run over with --restart."
             )
         return None
 
@@ -447,6 +498,11 @@ class Checkpoints:
             if path.endswith(f"-{epoch}"):
                 return path
         return None
+
+
+def _number(path):
+    """The number N of a checkpoint path ending in ckpt-N."""
+    return int(path.rsplit("-", 1)[1])
 
 
 def _first_line(error):
