@@ -21,7 +21,7 @@ import textwrap
 
 from absl import app, flags, logging
 
-from deat_tf import checks, distribute, evaluation, guards
+from deat_tf import checks, distribute, evaluation, guards, preemption
 from deat_tf import config as config_lib
 
 TRAIN_PROGRAM = "bin/train"
@@ -163,7 +163,8 @@ def define_train_flags(flag_values):
     flags.DEFINE_boolean(
         "restart",
         False,
-        "Start over in a workdir that holds an earlier run (its outputs are deleted).",
+        "Start over in a workdir that holds an earlier run: the files the run wrote are "
+        "deleted, and a workdir holding anything else is refused.",
         flag_values=flag_values,
     )
     documentation = {
@@ -296,7 +297,9 @@ def train(flag_values, program=TRAIN_PROGRAM):
     Raises:
         SystemExit: With `program: error: message` and status 1 for bad input,
             before any work, and when training stopped on non-finite values or
-            an output could not be written.
+            an output could not be written; with `program: interrupted at ...`
+            and status 128 + the signal's number on SIGTERM or SIGINT, after
+            the checkpoint of that position was written.
     """
     from deat_tf import train as train_lib
 
@@ -311,6 +314,10 @@ def train(flag_values, program=TRAIN_PROGRAM):
         # A guard stopped training or an output could not be written: the
         # message says where and what was kept; a traceback would add nothing.
         _exit_with_error(program, error)
+    except preemption.Interrupted as interruption:
+        # SIGTERM or SIGINT: the checkpoint is written; exit as the signal would.
+        print(f"{program}: {interruption}", file=sys.stderr, flush=True)
+        raise SystemExit(interruption.exit_status) from None
 
 
 def run_train(arguments, program=TRAIN_PROGRAM):

@@ -24,9 +24,11 @@ spelled `--config.epsilon=...` and it has no fractions or "none"; the flags
 """
 
 import dataclasses
+import difflib
 import importlib.util
 import json
 import os
+import re
 import types
 import typing
 
@@ -128,6 +130,12 @@ class TrainConfig:
         stop_on_collapse: Stop when training collapses to chance or overfits
             catastrophically (`deat_tf.guards`), keeping the best checkpoint;
             off, the guards only warn.
+        checkpoint_every_steps: Also write a checkpoint inside each epoch
+            after every this many minibatches (None: not by count).
+        checkpoint_every_minutes: ... and/or when this many minutes passed
+            since the last checkpoint (None: not by time). A preempted run
+            redoes at most this much; the run resumes at that minibatch with
+            the same results (`deat_tf.checkpoints`).
     """
 
     dataset: str = "mnist_sample"
@@ -189,6 +197,8 @@ class TrainConfig:
     seed: int = 0
     progress_bar: bool = True
     stop_on_collapse: bool = True
+    checkpoint_every_steps: int | None = None
+    checkpoint_every_minutes: float | None = 30.0
 
     def __post_init__(self):
         for field in dataclasses.fields(self):
@@ -230,7 +240,7 @@ def replace(config, **changes):
     """
     unknown = [name for name in changes if name not in FIELDS]
     if unknown:
-        raise ValueError(f"unknown config field {unknown[0]!r}; fields are {', '.join(FIELDS)}.")
+        raise ValueError(_unknown_field_message(unknown[0]))
     return dataclasses.replace(config, **changes)
 
 
@@ -256,6 +266,13 @@ def field_documentation():
             name, text = groups[-1][1][-1]
             groups[-1][1][-1] = (name, f"{text} {stripped}")
     return groups
+
+
+def _unknown_field_message(name):
+    """'unknown config field ...', with the nearest field name when one is close."""
+    nearest = difflib.get_close_matches(name, FIELDS, n=1)
+    hint = f" (did you mean {nearest[0]!r}?)" if nearest else ""
+    return f"unknown config field {name!r}{hint}; fields are {', '.join(FIELDS)}."
 
 
 def field_kind(name):
@@ -334,12 +351,26 @@ def load_file(path):
         raise ValueError(
             f"config file {path} must define get_config() returning a deat_tf.config.TrainConfig."
         )
-    result = module.get_config()
+    try:
+        result = module.get_config()
+    except Exception as error:  # noqa: BLE001 - a broken recipe is a usage error
+        raise ValueError(f"config file {path}: {_recipe_error(error)}") from error
     if not isinstance(result, TrainConfig):
         raise ValueError(
             f"get_config() in {path} returned {type(result).__name__}, not a TrainConfig."
         )
     return result
+
+
+def _recipe_error(error):
+    """One line for an exception raised by a recipe's get_config()."""
+    if isinstance(error, ValueError):
+        return str(error)  # the config's own checks: already one line naming the field
+    unknown = re.search(r"TrainConfig.*unexpected keyword argument '(\w+)'", str(error))
+    if isinstance(error, TypeError) and unknown:
+        return _unknown_field_message(unknown.group(1))
+    text = str(error).strip().splitlines()
+    return f"get_config() failed: {type(error).__name__}" + (f": {text[0]}" if text else "")
 
 
 def _load_json(path):

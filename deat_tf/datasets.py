@@ -150,9 +150,10 @@ class Pipelines:
             or None when the split size is unknown (mocked TFDS data).
         train_examples: Training examples after carving, or None when unknown.
         validation_examples: Examples in the validation split.
-        training: Function (initial epoch, part=None) -> the training batches
-            from that epoch on, the same batches a run from epoch 0 would see
-            there; part = (first, size) keeps only those examples of each batch.
+        training: Function (initial epoch, part=None, first_minibatch=0) ->
+            the training batches from that epoch (and its minibatch) on, the
+            same batches a run from epoch 0 would see there; part = (first,
+            size) keeps only those examples of each batch.
     """
 
     train: tf.data.Dataset

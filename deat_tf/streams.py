@@ -28,11 +28,15 @@ def epoch_seed(seed, epoch):
 def training_stream(
     source, preprocess, batch_size, shuffle_buffer, seed, deterministic, epochs, steps_per_epoch
 ):
-    """A function (initial epoch, part) -> the training batches of epochs [initial, epochs).
+    """A function (initial epoch, part, first minibatch) -> the batches of epochs [initial, epochs).
 
     `part` = (first, size) keeps examples [first, first + size) of every batch
     (a worker's share of the global batch), dropped before decoding; None
-    keeps whole batches.
+    keeps whole batches. `first_minibatch` = k starts the initial epoch at its
+    minibatch k (counted from 0), as a run resumed from a checkpoint inside
+    that epoch needs: the skipped examples are read and shuffled but not
+    decoded or augmented, and every later example keeps its position, hence
+    its augmentation.
 
     Every epoch is built on its own, from seeds that depend only on (seed,
     epoch): its shuffle order and each example's augmentation (seeded by its
@@ -42,7 +46,7 @@ def training_stream(
     Without `epochs`, an endless stream reshuffled at every pass (not resumable).
     """
 
-    def augment_epoch(dataset, epoch, part):
+    def augment_epoch(dataset, epoch, part, skipped_batches=0):
         def augment(position, example):
             image, label = example
             # A stateless seed is two int64s: (seed, position in the whole run).
@@ -50,6 +54,9 @@ def training_stream(
             return preprocess(image, example_seed), label
 
         dataset = dataset.enumerate()
+        if skipped_batches:
+            # After enumerate: positions, and so augmentation seeds, stay those of the epoch.
+            dataset = dataset.skip(skipped_batches * batch_size)
         size = batch_size
         if part is not None:
             first, size = part
@@ -66,7 +73,7 @@ def training_stream(
     def finish(dataset):
         return dataset.prefetch(AUTOTUNE).with_options(options(deterministic))
 
-    def stream(initial_epoch=0, part=None):
+    def stream(initial_epoch=0, part=None, first_minibatch=0):
         if part is not None:
             first, size = part
             checks.check_count(first, "part's first example", 0)
@@ -76,15 +83,22 @@ def training_stream(
                     f"part ({first}, {size}) reaches past the batch of {batch_size} examples."
                 )
         if epochs is None:
-            if initial_epoch:
+            if initial_epoch or first_minibatch:
                 raise ValueError(
-                    "initial_epoch needs the number of epochs (get_pipelines(epochs=...))."
+                    "initial_epoch and first_minibatch need the number of epochs "
+                    "(get_pipelines(epochs=...))."
                 )
             endless = source.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
             return finish(augment_epoch(endless.repeat(), 0, part))
         checks.check_count(initial_epoch, "initial_epoch", 0)
         if initial_epoch >= epochs:
             raise ValueError(f"initial_epoch must be < epochs ({epochs}), got {initial_epoch}.")
+        checks.check_count(first_minibatch, "first_minibatch", 0)
+        if first_minibatch >= steps_per_epoch:
+            raise ValueError(
+                f"first_minibatch must be < steps_per_epoch ({steps_per_epoch}), "
+                f"got {first_minibatch}."
+            )
         epoch_datasets = []
         for epoch in range(initial_epoch, epochs):
             # Not reshuffled per iteration: the order must not depend on how
@@ -93,7 +107,8 @@ def training_stream(
                 shuffle_buffer, seed=epoch_seed(seed, epoch), reshuffle_each_iteration=False
             )
             one_epoch = shuffled.repeat().take(steps_per_epoch * batch_size)
-            epoch_datasets.append(augment_epoch(one_epoch, epoch, part))
+            skipped = first_minibatch if epoch == initial_epoch else 0
+            epoch_datasets.append(augment_epoch(one_epoch, epoch, part, skipped))
         return finish(
             functools.reduce(lambda earlier, later: earlier.concatenate(later), epoch_datasets)
         )

@@ -36,6 +36,7 @@ import functools
 import math
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -43,6 +44,7 @@ import time
 import keras
 import tensorflow as tf
 
+from deat_tf import checkpoints as checkpoints_lib
 from deat_tf import (
     checks,
     datasets,
@@ -53,6 +55,7 @@ from deat_tf import (
     methods,
     models,
     optimizers,
+    preemption,
 )
 from deat_tf import workdir as workdir_lib
 from deat_tf.adversarial_model import AdversarialModel
@@ -142,7 +145,12 @@ class EpochStatistics(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         self._steps = self.model.attack_steps
         self._validation_start = None
+        self._batches = 0
         self._epoch_start = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        # Fewer than steps_per_epoch in an epoch resumed inside.
+        self._batches += 1
 
     def on_test_begin(self, logs=None):
         if self._epoch_start is not None and self._validation_start is None:
@@ -157,7 +165,7 @@ class EpochStatistics(keras.callbacks.Callback):
         logs["train_seconds"] = train_seconds
         logs["validation_seconds"] = end - train_end
         logs["images_per_second"] = (
-            self.steps_per_epoch * self.global_batch_size / max(train_seconds, 1e-9)
+            self._batches * self.global_batch_size / max(train_seconds, 1e-9)
         )
         logs["gradient_passes"] = float(passes * self.steps_per_epoch)
         if self.train_evaluator is not None:
@@ -240,6 +248,7 @@ def prepare(config, workdir, restart=False):
             f"jit_compile with {replicas} CPU replicas fails in XLA (variables on another "
             "device); turn jit_compile off or use strategy one_device."
         )
+    _check_checkpoint_interval(config)
     input_spec, steps_per_epoch = input_plan(config)
     scheduler = make_scheduler(config)
     with strategy.scope():
@@ -341,6 +350,14 @@ def build_model(config, input_spec, steps_per_epoch):
     return model
 
 
+def _check_checkpoint_interval(config):
+    """The interval of checkpoints inside an epoch (`deat_tf.checkpoints`)."""
+    if config.checkpoint_every_steps is not None:
+        checks.check_count(config.checkpoint_every_steps, "checkpoint_every_steps", 1)
+    if config.checkpoint_every_minutes is not None:
+        checks.check_positive(config.checkpoint_every_minutes, "checkpoint_every_minutes")
+
+
 def _check_evaluation_settings(config):
     """The final test's settings, checked by the evaluation that will run them."""
     if config.evaluation_batch_size is not None:
@@ -414,15 +431,21 @@ def _clean_evaluator(network, config, strategy):
 
 
 def _execute(run):
-    config, workdir, model, pipelines = run.config, run.workdir, run.model, run.pipelines
     if run.mode == "finished":
-        stored = workdir_lib.read_summary(workdir)
+        stored = workdir_lib.read_summary(run.workdir)
         print(
-            f"deat_tf: the run in {workdir} already finished ({stored['status']}, "
+            f"deat_tf: the run in {run.workdir} already finished ({stored['status']}, "
             f"{stored['epochs_completed']} epochs); nothing to do (restart trains it again).",
             flush=True,
         )
         return stored
+    # From here on, SIGTERM and SIGINT stop at the next minibatch with a checkpoint.
+    with preemption.SignalWatch() as watch:
+        return _train_and_finish(run, watch)
+
+
+def _train_and_finish(run, watch):
+    config, workdir, model, pipelines = run.config, run.workdir, run.model, run.pipelines
     count_name = methods.get(config.method).count_symbol
     chief = distribute.is_chief(run.strategy)
     # Every worker of a cluster saves (checkpoints may need all of them), but only
@@ -434,18 +457,36 @@ def _execute(run):
     created = workdir_lib.create_workdir(workdir) if chief else None
     state = workdir_lib.RunState()
     checkpoints = _checkpoints(run, state, outputs)
-    initial_epoch = 0
-    if run.mode == "resume" and checkpoints.restore_latest(warn=_warn):
-        initial_epoch = state.epochs_done
-        state.resumed_at.append(initial_epoch)
-    distribute.check_workers_agree(run.strategy, initial_epoch, "the epoch the run resumes after")
+    initial_epoch, first_minibatch = 0, 0
+    if run.mode == "resume":
+        try:
+            restored = checkpoints.restore_latest(warn=_warn)
+        except ValueError as error:
+            raise guards.TrainingStopped(str(error)) from error
+        if restored:
+            initial_epoch, first_minibatch = state.epochs_done, state.position
+            state.resumed_at.append(initial_epoch)
+    distribute.check_workers_agree(
+        run.strategy,
+        initial_epoch * run.steps_per_epoch + first_minibatch,
+        "the minibatch the run resumes after",
+    )
+    if first_minibatch:
+        _say(
+            chief,
+            f"deat_tf: resuming {workdir} in epoch {initial_epoch + 1} after minibatch "
+            f"{first_minibatch} of {run.steps_per_epoch}.",
+        )
+    elif initial_epoch:
+        _say(chief, f"deat_tf: resuming {workdir} after epoch {initial_epoch}.")
     if initial_epoch:
         workdir_lib.complete_tensorboard(os.path.join(outputs, "tensorboard"), state.records)
-        _say(chief, f"deat_tf: resuming {workdir} after epoch {initial_epoch}.")
     summary = workdir_lib.RunSummary(
         os.path.join(outputs, "summary.json"), _run_facts(run), config.epochs, count_name, state
     )
     try:
+        # The marker first: whatever else exists, the folder is then a run.
+        workdir_lib.write_marker(outputs)
         workdir_lib.write_json(os.path.join(outputs, "config.json"), config.to_dict())
         os.makedirs(os.path.join(outputs, "checkpoints"), exist_ok=True)
         summary.write()
@@ -453,6 +494,9 @@ def _execute(run):
         # Nothing has trained yet: leave no partial workdir behind.
         if created:
             shutil.rmtree(created, ignore_errors=True)
+        elif run.mode != "resume" and chief:
+            with contextlib.suppress(OSError):
+                os.remove(os.path.join(outputs, workdir_lib.MARKER))
         raise
     train_evaluator = None
     if pipelines.train_evaluation is not None:
@@ -467,8 +511,20 @@ def _execute(run):
     collapse = guards.CollapseGuard(
         state.records, pipelines.spec.num_classes, stop=config.stop_on_collapse, warn=_warn
     )
+    progress = checkpoints_lib.EpochProgress(
+        checkpoints,
+        state,
+        summary.path,
+        run.steps_per_epoch,
+        every_steps=config.checkpoint_every_steps,
+        every_minutes=config.checkpoint_every_minutes,
+        watch=watch,
+        first_minibatch=first_minibatch,
+        say=functools.partial(_say, chief),
+    )
     # The order matters: the scheduler and the statistics add to the epoch
-    # logs, the recorder saves the epoch, then the guards and TensorBoard read it.
+    # logs, the recorder saves the epoch, then the guards read it, and a
+    # signal stops the run only once the epoch is saved.
     callbacks = [run.scheduler] if run.scheduler is not None else []
     if config.progress_bar:
         # Keras appends its own bar last, so the epoch's line (and any guard's warning)
@@ -479,10 +535,33 @@ def _execute(run):
         non_finite,
         recorder,
         collapse,
-        keras.callbacks.TensorBoard(
-            log_dir=os.path.join(outputs, "tensorboard"), write_graph=False, update_freq="epoch"
-        ),
+        progress,
     ]
+
+    def fit(first_epoch, end_epoch, skipped):
+        model.fit(
+            distribute.training_input(
+                run.strategy,
+                functools.partial(pipelines.training, first_epoch, first_minibatch=skipped),
+                config.batch_size,
+            ),
+            initial_epoch=first_epoch,
+            epochs=end_epoch,
+            steps_per_epoch=run.steps_per_epoch - skipped,
+            validation_data=pipelines.validation,
+            # TensorBoard closes its writers when a fit ends: one per fit.
+            callbacks=callbacks
+            + [
+                keras.callbacks.TensorBoard(
+                    log_dir=os.path.join(outputs, "tensorboard"),
+                    write_graph=False,
+                    update_freq="epoch",
+                )
+            ],
+            shuffle=False,  # the pipeline shuffles
+            verbose=1 if config.progress_bar else 0,
+        )
+
     _say(
         chief,
         f"deat_tf: {config.method} on {config.dataset} ({pipelines.train_examples} train / "
@@ -493,20 +572,14 @@ def _execute(run):
     )
     try:
         if initial_epoch < config.epochs:
-            model.fit(
-                distribute.training_input(
-                    run.strategy,
-                    functools.partial(pipelines.training, initial_epoch),
-                    config.batch_size,
-                ),
-                initial_epoch=initial_epoch,
-                epochs=config.epochs,
-                steps_per_epoch=run.steps_per_epoch,
-                validation_data=pipelines.validation,
-                callbacks=callbacks,
-                shuffle=False,  # the pipeline shuffles
-                verbose=1 if config.progress_bar else 0,
-            )
+            if first_minibatch:
+                # The rest of the interrupted epoch is a fit of its own (Keras
+                # counts the same minibatches in every epoch of a fit).
+                fit(initial_epoch, initial_epoch + 1, first_minibatch)
+                if not model.stop_training and initial_epoch + 1 < config.epochs:
+                    fit(initial_epoch + 1, config.epochs, 0)
+            else:
+                fit(initial_epoch, config.epochs, 0)
         failure = non_finite.failure or (
             recorder.skipped_epoch and f"non-finite weights after epoch {recorder.skipped_epoch}"
         )
@@ -521,9 +594,18 @@ def _execute(run):
                 )
                 + "; lower the learning rate or check the data, then start over (restart)."
             )
+        _stop_if_signalled(watch, run.strategy, state)
         if chief:
-            _finish(run, summary, state, checkpoints)
+            _finish(run, summary, state, checkpoints, watch)
         summary.status = f"stopped: {collapse.reason}" if collapse.reason else workdir_lib.FINISHED
+    except preemption.Interrupted as interruption:
+        summary.status = "interrupted"
+        summary.extra["interrupted"] = {
+            "signal": signal.Signals(interruption.signal_number).name,
+            "epoch": interruption.epoch,
+            "minibatch": interruption.minibatch,
+        }
+        raise
     except workdir_lib.WriteFailed as error:
         summary.status = f"failed: {error}"
         raise guards.TrainingStopped(str(error)) from error
@@ -552,6 +634,15 @@ def _execute(run):
         )
     print(f"workdir: {workdir}", flush=True)
     return summary.summary()
+
+
+def _stop_if_signalled(watch, strategy, state):
+    """Raises `Interrupted` after the last epoch when a signal came (all workers agree)."""
+    signal_number = watch.received or 0
+    if distribute.is_multi_worker(strategy):
+        (signal_number,) = preemption.agree(strategy, [signal_number])
+    if signal_number:
+        raise preemption.Interrupted(signal_number, state.epochs_done)
 
 
 def _warn(line):
@@ -586,11 +677,15 @@ def _checkpoints(run, state, outputs):
         state,
         extra,
         restore_directory=os.path.join(run.workdir, "checkpoints"),
+        steps_per_epoch=run.steps_per_epoch,
     )
 
 
-def _finish(run, summary, state, checkpoints):
-    """Saves the final models and evaluates the last and the best network on the test split."""
+def _finish(run, summary, state, checkpoints, watch=None):
+    """Saves the final models and evaluates the last and the best network on the test split.
+
+    A signal stops it between its steps; a rerun then does them all again.
+    """
     config, workdir, model = run.config, run.workdir, run.model
     try:
         workdir_lib.save_keras(model, os.path.join(workdir, "model.keras"))
@@ -601,6 +696,8 @@ def _finish(run, summary, state, checkpoints):
     test_data = _test_data(config)
     if test_data is not None:
         summary.extra["test"]["last"] = _evaluate_test(model.network, test_data, config, run)
+        if watch is not None and watch.received:
+            raise preemption.Interrupted(watch.received, state.epochs_done)
     # The best weights replace the last ones in memory; model.keras above keeps the last.
     # Reading the checkpoint also reads its history: the run's own is put back.
     history = state.serialize()

@@ -1,5 +1,6 @@
 """The run's folder: checking it, creating it, and everything written into it.
 
+    deat_tf_run.json       the marker that makes the folder a deat_tf run (written first)
     config.json            the resolved TrainConfig (reload with --config=config.json)
     summary.json           per-epoch records and totals, rewritten after each epoch
     tensorboard/train/     per-epoch training scalars (epoch_* tags)
@@ -14,8 +15,14 @@
 Every file is written to a temporary name in the same folder and renamed, so
 a crash never leaves a half-written file; TensorFlow writes checkpoints the
 same way.
+
+Only a folder holding the marker is taken for a run: a `config.json` alone
+is one of the most common file names there is. A restart removes only the
+entries listed in `OUTPUTS` and refuses while others are present, so a
+mistyped --workdir never costs files deat_tf did not write.
 """
 
+import errno
 import glob
 import json
 import math
@@ -51,8 +58,30 @@ EPOCH_FIELDS = (
 # Settings that do not change what a run computes: a resumed run may change them.
 # Clean accuracy up to this multiple of chance counts as no better than chance.
 CHANCE_LEVEL_FACTOR = 1.5
-RUNTIME_FIELDS = ("progress_bar", "data_dir", "manual_dir", "download", "stop_on_collapse")
+RUNTIME_FIELDS = (
+    "progress_bar",
+    "data_dir",
+    "manual_dir",
+    "download",
+    "stop_on_collapse",
+    "checkpoint_every_steps",
+    "checkpoint_every_minutes",
+)
 FINISHED = "finished"
+MARKER = "deat_tf_run.json"
+# Every top-level entry a run writes; a restart removes these and nothing else.
+OUTPUTS = (
+    MARKER,
+    "config.json",
+    "summary.json",
+    "tensorboard",
+    "checkpoints",
+    "model.keras",
+    "network.keras",
+    "best_network.keras",
+)
+# Left by an atomic write or a writability probe that a crash interrupted.
+TEMPORARY_PREFIXES = (".tmp_", ".deat_tf_probe_")
 MODES = ("new", "resume", "restart", "finished")
 
 
@@ -60,8 +89,10 @@ def check_workdir(workdir, settings=None, restart=False):
     """Decides what a run does with its workdir, changing nothing on disk.
 
     A new or empty folder starts a run. A folder holding a run of this
-    package (its config.json) resumes it when the settings are the same, or
-    is reported finished when its summary says so; `restart` starts it over.
+    package (its marker, `MARKER`) resumes it when the settings are the same
+    as its config.json, or is reported finished when its summary says so;
+    `restart` starts it over, provided the folder holds nothing deat_tf did
+    not write.
 
     Args:
         workdir: The output folder.
@@ -74,7 +105,8 @@ def check_workdir(workdir, settings=None, restart=False):
 
     Raises:
         ValueError: If the folder cannot be used: not a folder, not writable,
-            holding other files, or holding a run with other settings.
+            holding other files (with `restart`: beside a run), or holding a
+            run with other settings or an unreadable config.json.
     """
     if not workdir:
         raise ValueError("workdir is required: a new or empty folder for the run's outputs.")
@@ -106,14 +138,31 @@ def check_workdir(workdir, settings=None, restart=False):
 
 
 def _existing_run(path, settings, restart):
-    stored = _read_json(os.path.join(path, "config.json"))
-    if stored is None:
+    if not is_run(path):
+        listed = _listing(sorted(os.listdir(path)))
         raise ValueError(
-            f"workdir {path} already holds files that are not a deat_tf run; pass a new "
-            "workdir or empty it."
+            f"workdir {path} already holds files that are not a deat_tf run ({listed}; no "
+            f"{MARKER}); pass another --workdir (a new or empty folder)."
         )
     if restart:
+        foreign = foreign_entries(path)
+        if foreign:
+            raise ValueError(
+                f"workdir {path} holds a deat_tf run and files deat_tf did not write "
+                f"({_listing(foreign)}); --restart removes only the run's own outputs, so move "
+                "those elsewhere first, or pass a new workdir."
+            )
         return "restart"
+    config_path = os.path.join(path, "config.json")
+    stored, problem = _read_json_object(config_path)
+    if problem is not None:
+        # The checkpoints may well be intact: say what is wrong, never "empty it".
+        raise ValueError(
+            f"workdir {path} holds a deat_tf run whose config.json {problem}, so its settings "
+            "cannot be compared with these; put the run's config.json back (its checkpoints "
+            "are kept), start it over with --restart (removes only deat_tf's outputs), or "
+            "pass a new workdir."
+        )
     if settings is not None:
         differences = [
             f"{name} {stored.get(name)!r} -> {value!r}"
@@ -123,7 +172,8 @@ def _existing_run(path, settings, restart):
         if differences:
             raise ValueError(
                 f"workdir {path} holds a run with other settings ({'; '.join(differences)}); "
-                "rerun with its settings to resume it, restart it, or pass a new workdir."
+                "rerun with its settings to resume it, pass --restart to start it over, or "
+                "pass a new workdir."
             )
     summary = read_summary(path)
     if summary is not None and _is_done(summary.get("status", "")):
@@ -131,13 +181,66 @@ def _existing_run(path, settings, restart):
     return "resume"
 
 
+def is_run(path):
+    """Whether the folder `path` holds deat_tf's run marker (see `write_marker`)."""
+    marker = _read_json(os.path.join(path, MARKER))
+    return isinstance(marker, dict) and marker.get("deat_tf_run") == 1
+
+
+def write_marker(path):
+    """Writes the marker that makes `path` a deat_tf run (before any other output).
+
+    Args:
+        path: The run's folder (it exists).
+    """
+    import deat_tf
+
+    write_json(os.path.join(path, MARKER), {"deat_tf_run": 1, "written_by": deat_tf.__version__})
+
+
+def foreign_entries(path):
+    """The top-level entries of `path` that no run writes, sorted."""
+    return sorted(
+        name
+        for name in os.listdir(path)
+        if name not in OUTPUTS and not name.startswith(TEMPORARY_PREFIXES)
+    )
+
+
+def _listing(names, limit=5):
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _read_json_object(path):
+    """(the JSON object in `path`, None), or (None, what is wrong with the file)."""
+    try:
+        with open(path) as stream:
+            value = json.load(stream)
+    except FileNotFoundError:
+        return None, "is missing"
+    except OSError as error:
+        return None, f"cannot be read ({error.strerror or error})"
+    except ValueError as error:
+        return None, f"is not valid JSON ({_first_line(error)})"
+    if not isinstance(value, dict):
+        return None, f"holds a JSON {type(value).__name__}, not an object of settings"
+    return value, None
+
+
 def _is_done(status):
     return status == FINISHED or status.startswith("stopped")
 
 
 def clear_run(path):
-    """Removes a run's outputs from its workdir (for a restart), keeping the folder."""
+    """Removes a run's outputs from its workdir (for a restart), keeping the folder.
+
+    Only the entries a run writes (`OUTPUTS`, and temporary files of
+    interrupted writes) are removed; anything else stays.
+    """
     for name in os.listdir(path):
+        if name not in OUTPUTS and not name.startswith(TEMPORARY_PREFIXES):
+            continue
         target = os.path.join(path, name)
         if os.path.isdir(target) and not os.path.islink(target):
             shutil.rmtree(target)
@@ -256,6 +359,11 @@ class RunState(tf.train.experimental.PythonState):
         best_key: (validation robust accuracy, validation accuracy) of the best epoch.
         best_epoch: The best epoch, counted from 1, or None.
         resumed_at: Epochs (counted from 0) at which the run was resumed.
+        position: Minibatches done in the epoch after the recorded ones: 0 in
+            an epoch-end checkpoint, k in one written inside an epoch
+            (`deat_tf.checkpoints`).
+        partial_metrics: That epoch's training metric values so far (None at
+            an epoch end).
     """
 
     def __init__(self):
@@ -263,6 +371,8 @@ class RunState(tf.train.experimental.PythonState):
         self.best_key = None
         self.best_epoch = None
         self.resumed_at = []
+        self.position = 0
+        self.partial_metrics = None
 
     def serialize(self):
         return json.dumps(
@@ -272,6 +382,8 @@ class RunState(tf.train.experimental.PythonState):
                     "best_key": self.best_key,
                     "best_epoch": self.best_epoch,
                     "resumed_at": self.resumed_at,
+                    "position": self.position,
+                    "partial_metrics": self.partial_metrics,
                 }
             )
         )
@@ -282,6 +394,9 @@ class RunState(tf.train.experimental.PythonState):
         self.best_key = tuple(values["best_key"]) if values["best_key"] is not None else None
         self.best_epoch = values["best_epoch"]
         self.resumed_at = values["resumed_at"]
+        # Absent from checkpoints written before mid-epoch checkpoints existed.
+        self.position = values.get("position", 0)
+        self.partial_metrics = values.get("partial_metrics")
 
     @property
     def epochs_done(self):
@@ -290,40 +405,60 @@ class RunState(tf.train.experimental.PythonState):
 
 
 class Checkpoints:
-    """The run's checkpoints: checkpoints/last (every epoch) and checkpoints/best.
+    """The run's checkpoints: checkpoints/last (epoch ends), partial (inside epochs), best.
 
     Each holds the model (with the M+ state in its variables), the optimizer
     with its slots, the `RunState` and, for FREE's carried perturbation, its
     buffer. Two of each are kept, so that a truncated or corrupted latest
-    checkpoint falls back to the one before. `tf.train.CheckpointManager` writes
-    atomically (data first, then the index of checkpoints). Keras'
-    `BackupAndRestore` saves weights and the epoch only, not the history or
-    the best epoch this run needs, and `ModelCheckpoint` monitors one value
-    where the best epoch is chosen on two (robust, then clean accuracy).
+    checkpoint falls back to the one before. `last` and `best` are numbered
+    by epoch, `partial` by minibatches trained (`deat_tf.checkpoints`).
+    `tf.train.CheckpointManager` writes atomically (data first, then the index
+    of checkpoints). Keras' `BackupAndRestore` saves weights and the epoch
+    only, not the history or the best epoch this run needs, and
+    `ModelCheckpoint` monitors one value where the best epoch is chosen on
+    two (robust, then clean accuracy).
 
     Args:
-        directory: The folder receiving last/ and best/.
+        directory: The folder receiving last/, partial/ and best/.
         model: The `AdversarialModel` (compiled, optimizer built).
         state: The `RunState`.
         extra: Other trackables to save, by name (e.g. the carried perturbation).
         restore_directory: Where `restore_latest` looks (default `directory`): a
             worker that is not the chief saves apart but resumes from the chief's.
+        steps_per_epoch: Minibatches per epoch, to order `partial` checkpoints
+            among `last` ones (None: no partial checkpoints are read).
     """
 
-    def __init__(self, directory, model, state, extra=None, restore_directory=None):
+    def __init__(
+        self, directory, model, state, extra=None, restore_directory=None, steps_per_epoch=None
+    ):
         self.checkpoint = tf.train.Checkpoint(
             model=model, optimizer=model.optimizer, run=state, **(extra or {})
         )
-        self.restore_directory = os.path.join(restore_directory or directory, "last")
-        self.last = tf.train.CheckpointManager(
-            self.checkpoint, os.path.join(directory, "last"), max_to_keep=2
-        )
-        self.best = tf.train.CheckpointManager(
-            self.checkpoint, os.path.join(directory, "best"), max_to_keep=2
-        )
+        self.restore_root = restore_directory or directory
+        self.steps_per_epoch = steps_per_epoch
+        for name in ("last", "partial", "best"):
+            manager = tf.train.CheckpointManager(
+                self.checkpoint, os.path.join(directory, name), max_to_keep=2
+            )
+            setattr(self, name, manager)
+
+    def _stored(self, name):
+        """The checkpoint paths of last/partial/best in the restore folder, oldest first."""
+        manager = getattr(self, name)
+        folder = os.path.join(self.restore_root, name)
+        if folder == manager.directory:
+            return list(manager.checkpoints)
+        listed = tf.train.get_checkpoint_state(folder)
+        return list(listed.all_model_checkpoint_paths) if listed else []
 
     def restore_latest(self, warn=print):
-        """Restores the newest readable `last` checkpoint; returns its path or None.
+        """Restores the newest readable checkpoint; returns its path or None.
+
+        The newest position comes first, whether an epoch end (last) or a
+        minibatch inside an epoch (partial); when none of those can be read,
+        the best checkpoints are tried, and the epochs after the one restored
+        are trained again.
 
         Args:
             warn: Callable receiving a warning line when a checkpoint is skipped.
@@ -331,28 +466,39 @@ class Checkpoints:
         Raises:
             ValueError: If checkpoints exist and none of them can be read.
         """
-        if self.restore_directory == self.last.directory:
-            paths = list(reversed(self.last.checkpoints))
+        last = self._stored("last")
+        if self.steps_per_epoch:
+            # Positions in minibatches: epoch E ends at E * steps_per_epoch.
+            positioned = [(_number(path) * self.steps_per_epoch, path) for path in last]
+            positioned += [(_number(path), path) for path in self._stored("partial")]
+            ordered = [path for _, path in sorted(positioned, key=lambda item: -item[0])]
         else:
-            state = tf.train.get_checkpoint_state(self.restore_directory)
-            paths = list(reversed(state.all_model_checkpoint_paths)) if state else []
-        for index, path in enumerate(paths):
+            ordered = list(reversed(last))
+        best = list(reversed(self._stored("best")))
+        candidates = ordered + best
+        for index, path in enumerate(candidates):
             try:
                 self.checkpoint.restore(path).assert_existing_objects_matched()
             # A truncated file fails in the reader in several ways (OpError,
             # IndexError, ValueError); any failure means: try the previous one.
             except Exception as error:  # noqa: BLE001
-                following = paths[index + 1] if index + 1 < len(paths) else None
-                warn(
-                    f"warning: checkpoint {path} is unreadable ({_first_line(error)}); "
-                    + (f"falling back to {following}." if following else "no older one left.")
-                )
+                following = candidates[index + 1] if index + 1 < len(candidates) else None
+                if following is None:
+                    then = "no older one left."
+                elif following in best and path not in best:
+                    then = (
+                        f"none of the latest is readable: falling back to the best checkpoint "
+                        f"{following} (the epochs after it are trained again)."
+                    )
+                else:
+                    then = f"falling back to {following}."
+                warn(f"warning: checkpoint {path} is unreadable ({_first_line(error)}); {then}")
                 continue
             return path
-        if paths:
+        if candidates:
             raise ValueError(
-                f"no readable checkpoint in {os.path.dirname(paths[0])}; start the run over "
-                "(restart) or restore the folder."
+                f"no readable checkpoint in {self.restore_root} (last, partial or best); "
+                "restore the folder from a backup, or start the run over with --restart."
             )
         return None
 
@@ -362,6 +508,11 @@ class Checkpoints:
             if path.endswith(f"-{epoch}"):
                 return path
         return None
+
+
+def _number(path):
+    """The number N of a checkpoint path ending in ckpt-N."""
+    return int(path.rsplit("-", 1)[1])
 
 
 def _first_line(error):
@@ -419,6 +570,12 @@ class RunRecorder(keras.callbacks.Callback):
         clean = logs.get("val_accuracy", -1.0)
         robust = logs.get("val_robust_accuracy", -1.0) if clean > self.chance_level else -1.0
         key = (robust, clean)
+        # Put back if the checkpoint cannot be written.
+        before = (
+            self.state.best_key,
+            self.state.best_epoch,
+            [earlier["best"] for earlier in self.state.records],
+        )
         record["best"] = self.state.best_key is None or key > tuple(self.state.best_key)
         if record["best"]:
             self.state.best_key = key
@@ -430,8 +587,16 @@ class RunRecorder(keras.callbacks.Callback):
             if record["best"]:
                 self.checkpoints.best.save(checkpoint_number=epoch + 1)
             self.checkpoints.last.save(checkpoint_number=epoch + 1)
-            self.summary.write()
         except (OSError, tf.errors.OpError) as error:
+            # The epoch never reached its checkpoint: summary.json must not count it.
+            self.state.records.pop()
+            self.state.best_key, self.state.best_epoch, flags = before
+            for earlier, flag in zip(self.state.records, flags):
+                earlier["best"] = flag
+            raise WriteFailed(self.summary.path, self.state, error) from error
+        try:
+            self.summary.write()
+        except OSError as error:
             raise WriteFailed(self.summary.path, self.state, error) from error
         if self.verbose:
             print(self.summary.epoch_line(record), flush=True)
@@ -450,13 +615,28 @@ class WriteFailed(OSError):
 
     def __init__(self, path, state, error):
         folder = os.path.dirname(path)
-        last = state.epochs_done - 1
+        last = state.epochs_done
         kept = f"epoch {last}" if last > 0 else "none yet"
         super().__init__(
-            f"cannot write to {folder} ({_first_line(error)}); the last good checkpoint "
+            f"cannot write to {folder} ({write_error_reason(error)}); the last good checkpoint "
             f"({kept}) is intact: free space or fix the folder, then rerun the same command "
             "to resume."
         )
+
+
+def write_error_reason(error):
+    """The operating system's reason for a failed write, e.g. "No space left on device".
+
+    TensorFlow's save errors start with the op and a long temporary path and
+    put the reason at the end, where a first line cut short would lose it.
+    """
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    text = str(error)
+    for number in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EIO):
+        if os.strerror(number) in text:
+            return os.strerror(number)
+    return _first_line(error)
 
 
 class RunSummary:

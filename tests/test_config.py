@@ -93,6 +93,32 @@ def test_broken_recipe_files_are_explained(tmp_path):
         config_lib.load_file(str(bad_json))
 
 
+def test_errors_inside_get_config_are_one_line_naming_the_cause(tmp_path):
+    cases = {
+        # A typo'd field: named, with the nearest field suggested.
+        "from deat_tf.config import TrainConfig\n"
+        "def get_config():\n    return TrainConfig(epsilonn=0.3)\n": (
+            "unknown config field 'epsilonn' (did you mean 'epsilon'?)"
+        ),
+        "from deat_tf import config\n"
+        "def get_config():\n    return config.replace(config.TrainConfig(), batchsize=64)\n": (
+            "unknown config field 'batchsize' (did you mean 'batch_size'?)"
+        ),
+        "def get_config():\n    raise KeyError('dataset_path')\n": (
+            "get_config() failed: KeyError: 'dataset_path'"
+        ),
+        "def get_config():\n    return 1 / 0\n": "get_config() failed: ZeroDivisionError",
+    }
+    for index, (text, expected) in enumerate(cases.items()):
+        recipe = tmp_path / f"recipe{index}.py"
+        recipe.write_text(text)
+        with pytest.raises(ValueError) as raised:
+            config_lib.load_file(str(recipe))
+        message = str(raised.value)
+        assert message.startswith(f"config file {recipe}: ") and expected in message, message
+        assert "\n" not in message
+
+
 def test_attack_batch_norm_reaches_the_model_from_a_flag():
     recipe = config_lib.replace(
         config_lib.TrainConfig(), attack_batch_norm=cli.parse_value("attack_batch_norm", "update")

@@ -432,3 +432,25 @@ def test_readme_names_for_the_embedded_digits_work_after_import_deat_tf(mnist_sa
     }
     np.testing.assert_array_equal(digits["y_test"], mnist_sample["y_test"])
     assert deat_tf.evaluation.AttackSuite and deat_tf.evaluation.evaluate
+
+
+def test_a_stream_started_inside_an_epoch_is_the_rest_of_that_epoch_augmented_alike():
+    # A run resumed from a mid-epoch checkpoint must see exactly the batches,
+    # augmentation included, that the uninterrupted run saw from there on.
+    with tfds.testing.mock_data(num_examples=40):
+        pipelines = datasets.get_pipelines(
+            "cifar10", 8, 4, epochs=3, steps_per_epoch=4, seed=5, deterministic=True
+        )
+        whole = [batch for batch in pipelines.training(1)]
+        resumed = [batch for batch in pipelines.training(1, first_minibatch=3)]
+        part = [batch for batch in pipelines.training(1, (3, 5), first_minibatch=1)]
+        with pytest.raises(ValueError, match="first_minibatch must be < steps_per_epoch \\(4\\)"):
+            pipelines.training(1, first_minibatch=4)
+    assert len(whole) == 8 and len(resumed) == 5 and len(part) == 7
+    for expected, actual in zip(whole[3:], resumed):
+        np.testing.assert_array_equal(expected[0].numpy(), actual[0].numpy())
+        np.testing.assert_array_equal(expected[1].numpy(), actual[1].numpy())
+    for expected, actual in zip(whole[1:], part):
+        np.testing.assert_array_equal(expected[0].numpy()[3:], actual[0].numpy())
+    # The augmentation is not the identity here, so equal images mean equal seeds.
+    assert not np.array_equal(whole[3][0].numpy(), whole[4][0].numpy())

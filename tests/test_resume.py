@@ -175,3 +175,17 @@ def test_a_folder_with_other_files_is_not_taken_for_a_run(tmp_path, capsys):
     assert run_in_process(str(tmp_path), "--restart") == 1
     assert "holds files that are not a deat_tf run" in capsys.readouterr().err
     assert os.listdir(tmp_path) == ["notes.txt"]
+
+
+def test_restart_never_touches_a_folder_that_only_has_a_config_json(tmp_path, capsys):
+    # A project folder, as a mistyped --workdir=. would find it.
+    (tmp_path / "src").mkdir()
+    (tmp_path / "config.json").write_text('{"name": "my web app"}')
+    (tmp_path / "src" / "main.py").write_text("print('hello')\n")
+    (tmp_path / "README.txt").write_text("mine\n")
+    for extra in ((), ("--restart",)):
+        assert run_in_process(str(tmp_path), *extra) == 1
+        line = capsys.readouterr().err.strip()
+        assert "not a deat_tf run (README.txt, config.json, src;" in line and "\n" not in line
+    assert sorted(os.listdir(tmp_path)) == ["README.txt", "config.json", "src"]
+    assert (tmp_path / "config.json").read_text() == '{"name": "my web app"}'

@@ -122,6 +122,7 @@ def test_workdir_modes_follow_the_stored_run(tmp_path):
     run = tmp_path / "run"
     assert workdir.check_workdir(str(run), settings) == (str(run), "new")
     run.mkdir()
+    workdir.write_marker(str(run))
     workdir.write_json(str(run / "config.json"), settings)
     workdir.write_json(str(run / "summary.json"), {"status": "running"})
     assert workdir.check_workdir(str(run), settings)[1] == "resume"
@@ -170,3 +171,81 @@ def test_the_summary_shows_no_magnitude_for_a_model_that_does_not_compute_it(tmp
     assert untracked.split()[2] == "-" and tracked.split()[2] == "12.5"
     assert "M=" not in summary.epoch_line(state.records[0])
     assert "M=12.5" in summary.epoch_line(state.records[1])
+
+
+def project_folder(tmp_path):
+    """A folder that is not a run but holds a config.json, as many projects do."""
+    folder = tmp_path / "project"
+    (folder / "src").mkdir(parents=True)
+    (folder / "config.json").write_text('{"name": "my web app"}')
+    (folder / "src" / "main.py").write_text("print('hello')\n")
+    (folder / "README.txt").write_text("mine\n")
+    return folder
+
+
+def test_a_config_json_without_the_marker_is_not_a_run_even_with_restart(tmp_path):
+    folder = project_folder(tmp_path)
+    for restart in (False, True):
+        with pytest.raises(ValueError, match="not a deat_tf run") as raised:
+            workdir.check_workdir(str(folder), {"epochs": 3}, restart=restart)
+        message = str(raised.value)
+        assert "README.txt, config.json, src" in message and "deat_tf_run.json" in message
+        assert "empty it" not in message and "restart" not in message
+    assert sorted(os.listdir(folder)) == ["README.txt", "config.json", "src"]
+
+
+def test_restart_refuses_files_deat_tf_did_not_write_and_removes_only_its_own(tmp_path):
+    folder = project_folder(tmp_path)
+    workdir.write_marker(str(folder))
+    (folder / "checkpoints" / "last").mkdir(parents=True)
+    (folder / ".tmp_half.json").write_text("{")
+    with pytest.raises(ValueError, match=r"files deat_tf did not write \(README.txt, src\)"):
+        workdir.check_workdir(str(folder), {"epochs": 3}, restart=True)
+    workdir.clear_run(str(folder))
+    assert sorted(os.listdir(folder)) == ["README.txt", "src"]
+    assert (folder / "src" / "main.py").read_text() == "print('hello')\n"
+
+
+def test_a_run_with_a_broken_config_json_is_named_as_such(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    workdir.write_marker(str(run))
+    (run / "checkpoints").mkdir()
+    cases = {None: "is missing", "{": "is not valid JSON", "[1, 2]": "holds a JSON list"}
+    for content, expected in cases.items():
+        if content is not None:
+            (run / "config.json").write_text(content)
+        with pytest.raises(ValueError, match=expected) as raised:
+            workdir.check_workdir(str(run), {"epochs": 3})
+        message = str(raised.value)
+        assert "holds a deat_tf run whose config.json" in message
+        assert "checkpoints are kept" in message and "empty" not in message
+    # Starting over is still possible: only the marker and checkpoints/ are outputs here.
+    assert workdir.check_workdir(str(run), {"epochs": 3}, restart=True)[1] == "restart"
+
+
+def test_a_full_disk_keeps_its_reason_and_the_summary_counts_only_saved_epochs(tmp_path):
+    import tensorflow as tf
+
+    state, checkpoints, recorder = recording_run(tmp_path, epochs=3)
+    recorder.on_epoch_end(0, {"loss": 1.0, "val_accuracy": 0.5})
+    # The shape of TensorFlow's SaveV2 error on a full disk: the op, a long
+    # temporary path (past any first-200-characters cut), the reason last.
+    message = (
+        "{{function_node __wrapped__SaveV2_dtypes_12_device_/job:localhost/replica:0/task:0/"
+        "device:CPU:0}} " + str(tmp_path / ("x" * 150)) + "/ckpt-2_temp/part-00000-of-00001"
+        ".data-00000-of-00001.tempstate5163861405337226040; No space left on device [Op:SaveV2]"
+    )
+
+    def full_disk(**_):
+        raise tf.errors.ResourceExhaustedError(None, None, message)
+
+    checkpoints.last.save = full_disk
+    with pytest.raises(workdir.WriteFailed) as raised:
+        recorder.on_epoch_end(1, {"loss": 0.5, "val_accuracy": 0.9})  # would be the best
+    assert "(No space left on device)" in str(raised.value)
+    assert "the last good checkpoint (epoch 1) is intact" in str(raised.value)
+    assert state.epochs_done == 1 and state.best_epoch == 1
+    assert [record["best"] for record in state.records] == [True]
+    written = json.loads((tmp_path / "summary.json").read_text())
+    assert written["epochs_completed"] == 1 and written["best_epoch"]["epoch"] == 1
