@@ -385,13 +385,13 @@ def pgd_search(logits_fn, x, labels, x_start, epsilon, step_size, steps, loss="c
 # ------------------------------------------------------------------- composer
 
 
-def replica_start(x, epsilon, seed, kind="uniform", scale=None):
+def replica_start(x, epsilon, seed, kind="uniform", scale=None, clip_to_images=True):
     """A random start for this replica's part of a global batch, the same for any replica count.
 
     Each replica draws the start of the whole (evenly split) global batch from
     one stateless seed and keeps its own slice, so replicas get different
     noise and 1 or N replicas train on the same starts. The extra draws cost
-    little next to a forward pass.
+    little next to a forward pass. The noise is drawn in the dtype of `x`.
 
     Args:
         x: This replica's clean images.
@@ -399,18 +399,24 @@ def replica_start(x, epsilon, seed, kind="uniform", scale=None):
         seed: Stateless seed, an int64 tensor of shape [2].
         kind: Initialization kind (see `initial_perturbation`).
         scale: Size of the draw (None: epsilon).
+        clip_to_images: Whether the start is also clipped into [0, 1]; False
+            leaves x + noise as drawn (inside the ball, possibly outside [0, 1]).
 
     Returns:
-        x plus its slice of the noise, projected into the ball and [0, 1].
+        x plus its slice of the noise, projected into the ball (and [0, 1]).
     """
     context = tf.distribute.get_replica_context()
     replicas = 1 if context is None else context.num_replicas_in_sync
     replica = 0 if context is None else context.replica_id_in_sync_group
     local_batch = tf.shape(x)[0]
     shape = tf.concat([[local_batch * replicas], tf.shape(x)[1:]], axis=0)
-    noise = initial_perturbation(shape, epsilon, kind, scale, seed=seed)
+    noise = initial_perturbation(shape, epsilon, kind, scale, seed=seed, dtype=x.dtype)
     offset = tf.cast(replica, tf.int32) * local_batch
-    return project(x + noise[offset : offset + local_batch], x, epsilon)
+    start = x + noise[offset : offset + local_batch]
+    if not clip_to_images:
+        # The noise is already inside the ball: only [0, 1] is left out.
+        return start
+    return project(start, x, epsilon)
 
 
 def batch_starts(x, epsilon, seed, random_start=True):
