@@ -551,11 +551,12 @@ class AdversarialModel(validation.RobustValidation, keras.Model):
             replicas = tf.distribute.get_strategy().num_replicas_in_sync
             # Gradients are summed over replicas, so each adds its share of the L2 term.
             coefficient = self.l2_weight_decay / replicas
-            # The coefficient is cast from the Python float, not from a float32
-            # product, so that a float64 network gets exactly PyTorch's term.
+            # The coefficient is made from the Python float in the gradient's
+            # dtype (tf.cast would round it to float32 first), so that a float64
+            # network gets exactly PyTorch's term.
             gradients = [
                 gradient
-                + tf.cast(coefficient, gradient.dtype)
+                + tf.constant(coefficient, gradient.dtype)
                 * tf.cast(loss_scale, gradient.dtype)
                 * tf.cast(variable, gradient.dtype)
                 for gradient, variable in zip(gradients, variables)

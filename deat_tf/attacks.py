@@ -111,6 +111,25 @@ def default_step_size(epsilon, steps):
 # ---------------------------------------------------------------------- parts
 
 
+def as_dtype(value, dtype):
+    """A number or tensor as a tensor of `dtype`.
+
+    A Python number becomes a constant of `dtype` directly: `tf.cast` would
+    first make it a float32 tensor, so that 0.3 in a float64 computation would
+    be float32's 0.30000001.
+
+    Args:
+        value: A Python number or a tensor.
+        dtype: The dtype wanted.
+
+    Returns:
+        A tensor of `dtype`.
+    """
+    if isinstance(value, (int, float)):
+        return tf.constant(value, dtype)
+    return tf.cast(value, dtype)
+
+
 def project(x_adv, x, epsilon):
     """Clips `x_adv` into the epsilon-ball around `x`, then into [0, 1].
 
@@ -125,7 +144,7 @@ def project(x_adv, x, epsilon):
     Returns:
         The projected images.
     """
-    epsilon = tf.cast(epsilon, x.dtype)
+    epsilon = as_dtype(epsilon, x.dtype)
     x_adv = tf.clip_by_value(x_adv, x - epsilon, x + epsilon)
     return tf.clip_by_value(x_adv, 0.0, 1.0)
 
@@ -148,8 +167,8 @@ def initial_perturbation(shape, epsilon, kind="uniform", scale=None, seed=None, 
     """
     checks.check_choice(kind, INITIALIZATIONS, "initialization")
     scale = epsilon if scale is None else scale
-    scale = tf.cast(scale, dtype)
-    epsilon = tf.cast(epsilon, dtype)
+    scale = as_dtype(scale, dtype)
+    epsilon = as_dtype(epsilon, dtype)
     if kind == "zero":
         return tf.zeros(shape, dtype)
     if kind == "uniform":
@@ -200,7 +219,7 @@ def per_example_perturbation(x, example_seeds, epsilon):
 
 def signed_step(x_adv, gradient, step_size):
     """One ascent step along the sign of the gradient (the L-infinity steepest step)."""
-    return x_adv + tf.cast(step_size, x_adv.dtype) * tf.sign(gradient)
+    return x_adv + as_dtype(step_size, x_adv.dtype) * tf.sign(gradient)
 
 
 def loss_and_gradient(logits_fn, x_adv, labels, loss="ce"):

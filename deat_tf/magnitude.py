@@ -20,9 +20,7 @@ import tensorflow as tf
 
 
 def input_gradient_magnitude(input_gradient, input_std=None):
-    """Sum over pixels, channels and examples of |dL/dx * std|, returned in float32.
-
-    The sum is taken in float32, or in float64 for a float64 gradient.
+    """Sum over pixels, channels and examples of |dL/dx * std|, in float32.
 
     Args:
         input_gradient: The gradient with respect to the input images.
@@ -35,16 +33,15 @@ def input_gradient_magnitude(input_gradient, input_std=None):
     Raises:
         ValueError: If the std has neither one value nor one per channel.
     """
-    dtype = tf.float64 if input_gradient.dtype == tf.float64 else tf.float32
-    gradient = tf.cast(input_gradient, dtype)
+    gradient = tf.cast(input_gradient, tf.float32)
     if input_std is not None:
         channels = gradient.shape[-1]
         if len(input_std) not in (1, channels):
             raise ValueError(
                 f"input_std has {len(input_std)} values but the images have {channels} channels."
             )
-        gradient = gradient * tf.constant(input_std, dtype)
-    return tf.cast(tf.reduce_sum(tf.abs(gradient)), tf.float32)
+        gradient = gradient * tf.constant(input_std, tf.float32)
+    return tf.reduce_sum(tf.abs(gradient))
 
 
 class EpochMagnitude(keras.metrics.Metric):
