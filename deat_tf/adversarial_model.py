@@ -79,6 +79,12 @@ class AdversarialModel(validation.RobustValidation, keras.Model):
             "bernoulli" or "zero". Defaults to the method's (`deat_tf.methods`).
         initialization_scale: Size tau of the random start; defaults to the
             method's (epsilon, or 0.001 for trades and mart).
+        clip_start: Whether the random start is clipped into [0, 1] before the
+            first forward (True). False trains the first replay or attack step
+            on x + delta as drawn, as the authors' M+DEAT script does; every
+            later iterate is projected into the ball and [0, 1] either way.
+            Without effect on the carried perturbation, whose forward always
+            clips.
         carry_perturbation: deat/free only. Keep one perturbation buffer that
             carries over from minibatch to minibatch, clipped to [-epsilon,
             epsilon] only (original FREE, the ImageNet recipe); it starts at zero.
@@ -129,6 +135,7 @@ class AdversarialModel(validation.RobustValidation, keras.Model):
         attack_steps=None,
         initialization=None,
         initialization_scale=None,
+        clip_start=True,
         carry_perturbation=False,
         step_size_rule="constant",
         l2_weight_decay=0.0,
@@ -160,6 +167,9 @@ class AdversarialModel(validation.RobustValidation, keras.Model):
                 initialization_scale, "initialization_scale"
             )
         self.initialization_scale = float(initialization_scale)
+        if not isinstance(clip_start, bool):
+            raise ValueError(f"clip_start must be True or False, got {clip_start!r}.")
+        self.clip_start = clip_start
         self.beta = checks.check_nonnegative(beta, "beta")
         methods.check_carry(carry_perturbation, self.method)
         self.carry_perturbation = bool(carry_perturbation)
@@ -470,7 +480,10 @@ class AdversarialModel(validation.RobustValidation, keras.Model):
 
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        x = checks.check_image_tensor(x, "images")
+        images = checks.check_image_tensor(x, "images")
+        # A float64 network (the twin run against PyTorch in benchmarks/) trains
+        # on float64 images; every other one on float32.
+        x = tf.cast(x, tf.float64) if self.network.compute_dtype == "float64" else images
         labels = tf.cast(tf.reshape(y, [-1]), tf.int32)
         if self._method.replays:
             steps, (logits, loss, input_gradient, gradient_finite) = self._replay_step(
@@ -513,7 +526,12 @@ class AdversarialModel(validation.RobustValidation, keras.Model):
             [tf.constant(self.seed, tf.int64), tf.cast(self._minibatch_counter.value, tf.int64)]
         )
         return attacks.replica_start(
-            x, self.epsilon, seed, self.initialization, self.initialization_scale
+            x,
+            self.epsilon,
+            seed,
+            self.initialization,
+            self.initialization_scale,
+            clip_to_images=self.clip_start,
         )
 
     def _cross_entropy_forward(self, y, sample_weight):
@@ -554,7 +572,8 @@ class AdversarialModel(validation.RobustValidation, keras.Model):
         loss_scale = tf.cast(self.optimizer.scale_loss(tf.constant(1.0)), tf.float32)
         input_gradient, finite_gradient = None, tf.constant(True)
         if want_input_gradient:
-            input_gradient = tf.cast(gradients.pop(), tf.float32) / loss_scale
+            input_gradient = gradients.pop()
+            input_gradient = input_gradient / tf.cast(loss_scale, input_gradient.dtype)
             # A non-finite value would make the sign step NaN and poison x_adv:
             # it is zeroed, and counted so that guards.NonFiniteGuard can warn.
             finite = tf.math.is_finite(input_gradient)
@@ -567,9 +586,13 @@ class AdversarialModel(validation.RobustValidation, keras.Model):
             replicas = tf.distribute.get_strategy().num_replicas_in_sync
             # Gradients are summed over replicas, so each adds its share of the L2 term.
             coefficient = self.l2_weight_decay / replicas
+            # The coefficient is made from the Python float in the gradient's
+            # dtype (tf.cast would round it to float32 first), so that a float64
+            # network gets exactly PyTorch's term.
             gradients = [
                 gradient
-                + tf.cast(coefficient * loss_scale, gradient.dtype)
+                + tf.constant(coefficient, gradient.dtype)
+                * tf.cast(loss_scale, gradient.dtype)
                 * tf.cast(variable, gradient.dtype)
                 for gradient, variable in zip(gradients, variables)
             ]
@@ -726,6 +749,7 @@ class AdversarialModel(validation.RobustValidation, keras.Model):
             "attack_steps": self.attack_steps,
             "initialization": self.initialization,
             "initialization_scale": self.initialization_scale,
+            "clip_start": self.clip_start,
             "carry_perturbation": self.carry_perturbation,
             "step_size_rule": self.step_size_rule,
             "l2_weight_decay": self.l2_weight_decay,

@@ -111,6 +111,25 @@ def default_step_size(epsilon, steps):
 # ---------------------------------------------------------------------- parts
 
 
+def as_dtype(value, dtype):
+    """A number or tensor as a tensor of `dtype`.
+
+    A Python number becomes a constant of `dtype` directly: `tf.cast` would
+    first make it a float32 tensor, so that 0.3 in a float64 computation would
+    be float32's 0.30000001.
+
+    Args:
+        value: A Python number or a tensor.
+        dtype: The dtype wanted.
+
+    Returns:
+        A tensor of `dtype`.
+    """
+    if isinstance(value, (int, float)):
+        return tf.constant(value, dtype)
+    return tf.cast(value, dtype)
+
+
 def project(x_adv, x, epsilon):
     """Clips `x_adv` into the epsilon-ball around `x`, then into [0, 1].
 
@@ -125,7 +144,7 @@ def project(x_adv, x, epsilon):
     Returns:
         The projected images.
     """
-    epsilon = tf.cast(epsilon, x.dtype)
+    epsilon = as_dtype(epsilon, x.dtype)
     x_adv = tf.clip_by_value(x_adv, x - epsilon, x + epsilon)
     return tf.clip_by_value(x_adv, 0.0, 1.0)
 
@@ -148,8 +167,8 @@ def initial_perturbation(shape, epsilon, kind="uniform", scale=None, seed=None, 
     """
     checks.check_choice(kind, INITIALIZATIONS, "initialization")
     scale = epsilon if scale is None else scale
-    scale = tf.cast(scale, dtype)
-    epsilon = tf.cast(epsilon, dtype)
+    scale = as_dtype(scale, dtype)
+    epsilon = as_dtype(epsilon, dtype)
     if kind == "zero":
         return tf.zeros(shape, dtype)
     if kind == "uniform":
@@ -200,7 +219,7 @@ def per_example_perturbation(x, example_seeds, epsilon):
 
 def signed_step(x_adv, gradient, step_size):
     """One ascent step along the sign of the gradient (the L-infinity steepest step)."""
-    return x_adv + tf.cast(step_size, x_adv.dtype) * tf.sign(gradient)
+    return x_adv + as_dtype(step_size, x_adv.dtype) * tf.sign(gradient)
 
 
 def loss_and_gradient(logits_fn, x_adv, labels, loss="ce"):
@@ -385,13 +404,13 @@ def pgd_search(logits_fn, x, labels, x_start, epsilon, step_size, steps, loss="c
 # ------------------------------------------------------------------- composer
 
 
-def replica_start(x, epsilon, seed, kind="uniform", scale=None):
+def replica_start(x, epsilon, seed, kind="uniform", scale=None, clip_to_images=True):
     """A random start for this replica's part of a global batch, the same for any replica count.
 
     Each replica draws the start of the whole (evenly split) global batch from
     one stateless seed and keeps its own slice, so replicas get different
     noise and 1 or N replicas train on the same starts. The extra draws cost
-    little next to a forward pass.
+    little next to a forward pass. The noise is drawn in the dtype of `x`.
 
     Args:
         x: This replica's clean images.
@@ -399,18 +418,24 @@ def replica_start(x, epsilon, seed, kind="uniform", scale=None):
         seed: Stateless seed, an int64 tensor of shape [2].
         kind: Initialization kind (see `initial_perturbation`).
         scale: Size of the draw (None: epsilon).
+        clip_to_images: Whether the start is also clipped into [0, 1]; False
+            leaves x + noise as drawn (inside the ball, possibly outside [0, 1]).
 
     Returns:
-        x plus its slice of the noise, projected into the ball and [0, 1].
+        x plus its slice of the noise, projected into the ball (and [0, 1]).
     """
     context = tf.distribute.get_replica_context()
     replicas = 1 if context is None else context.num_replicas_in_sync
     replica = 0 if context is None else context.replica_id_in_sync_group
     local_batch = tf.shape(x)[0]
     shape = tf.concat([[local_batch * replicas], tf.shape(x)[1:]], axis=0)
-    noise = initial_perturbation(shape, epsilon, kind, scale, seed=seed)
+    noise = initial_perturbation(shape, epsilon, kind, scale, seed=seed, dtype=x.dtype)
     offset = tf.cast(replica, tf.int32) * local_batch
-    return project(x + noise[offset : offset + local_batch], x, epsilon)
+    start = x + noise[offset : offset + local_batch]
+    if not clip_to_images:
+        # The noise is already inside the ball: only [0, 1] is left out.
+        return start
+    return project(start, x, epsilon)
 
 
 def batch_starts(x, epsilon, seed, random_start=True):

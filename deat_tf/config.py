@@ -68,6 +68,8 @@ class TrainConfig:
             default: uniform; TRADES and MART start at 0.001 N(0, 1)).
         beta: Weight of the KL term of trades and mart.
         carry_perturbation: Carry one perturbation across minibatches (FREE, ImageNet).
+        clip_start: Clip the random start into [0, 1] before the first forward;
+            false follows the authors' M+DEAT script (AdversarialModel's clip_start).
         step_size_rule: constant or max_epsilon_over_steps.
         scheduler: magnitude (M+), periodic (DEAT-d), accuracy (DEAT-p) or none.
         gamma: M+ threshold factor.
@@ -159,6 +161,7 @@ class TrainConfig:
     initialization: str | None = None
     beta: float = 6.0
     carry_perturbation: bool = False
+    clip_start: bool = True
     step_size_rule: str = "constant"
     scheduler: str = "magnitude"
     gamma: float = 1.01

@@ -217,7 +217,9 @@ def _dense(inputs, units, initializers, name, activation=None, dtype=None):
 def _logits(inputs, num_classes, initializers):
     # Logits in float32 under a mixed precision policy: the losses and the attack
     # objectives compare them to tenths of a percent, below bfloat16's resolution.
-    return _dense(inputs, num_classes, initializers, "logits", dtype="float32")
+    # Under a float64 policy they stay float64, like every other layer.
+    dtype = None if keras.config.dtype_policy().compute_dtype == "float64" else "float32"
+    return _dense(inputs, num_classes, initializers, "logits", dtype=dtype)
 
 
 def mnist_cnn(input_shape=(28, 28, 1), num_classes=10, init="keras", name="mnist_cnn"):

@@ -99,7 +99,10 @@ class PyTorchSGD(keras.optimizers.SGD):
             self.assign_sub(variable, ops.multiply(gradient, learning_rate))
             return
         buffer = self.momentums[self._get_variable_index(variable)]
-        momentum = ops.cast(self.momentum, variable.dtype)
+        # Made in the variable's dtype from the Python float: ops.cast would
+        # round it to float32 first (0.9 -> 0.89999998), a deviation from
+        # PyTorch's update in float64.
+        momentum = ops.convert_to_tensor(self.momentum, variable.dtype)
         self.assign(buffer, ops.add(ops.multiply(buffer, momentum), gradient))
         if self.nesterov:
             direction = ops.add(gradient, ops.multiply(buffer, momentum))

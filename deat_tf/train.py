@@ -336,6 +336,7 @@ def build_model(config, input_spec, steps_per_epoch):
         initialization=config.initialization,
         beta=config.beta,
         carry_perturbation=config.carry_perturbation,
+        clip_start=config.clip_start,
         step_size_rule=config.step_size_rule,
         l2_weight_decay=config.weight_decay,
         validation_attack_steps=config.validation_attack_steps,
