@@ -1,4 +1,4 @@
-"""Long runs that survive: kill -9 and resume, mismatched settings, finished runs, bad checkpoints.
+"""Long runs that survive: signals, kill -9 and resume, mismatched settings, bad checkpoints.
 
 The runs are real `bin/train` processes on the embedded MNIST digits with
 `--deterministic`, so an interrupted and resumed run must be bit-identical to
@@ -49,18 +49,27 @@ def start(workdir, *extra):
     return start_train(workdir, [*ARGUMENTS, *extra])
 
 
-def run(workdir, *extra, kill_at=None, delay=0.0):
-    """Runs bin/train; with kill_at, SIGKILLs it `delay` s after the line starting with kill_at."""
+def run(workdir, *extra, kill_at=None, delay=0.0, send=signal.SIGKILL, again_at=None):
+    """Runs bin/train; with kill_at, sends `send` `delay` s after the line starting with kill_at.
+
+    SIGKILL returns at once; another signal lets the process stop by itself,
+    and with `again_at` the signal is sent a second time after that line.
+    """
     process = start(workdir, *extra)
     output = []
     try:
         for line in process.stdout:
             output.append(line)
             if kill_at is not None and line.startswith(kill_at):
+                kill_at = None
                 time.sleep(delay)
-                process.send_signal(signal.SIGKILL)
-                process.wait(timeout=60)
-                return -signal.SIGKILL, "".join(output)
+                process.send_signal(send)
+                if send == signal.SIGKILL:
+                    process.wait(timeout=60)
+                    return -signal.SIGKILL, "".join(output)
+            if again_at is not None and line.startswith(again_at):
+                again_at = None
+                process.send_signal(send)
         return process.wait(timeout=600), "".join(output)
     finally:
         if process.poll() is None:
@@ -136,6 +145,73 @@ def test_killed_runs_resume_to_the_same_run_and_fall_back_from_a_corrupted_check
     # TensorBoard holds every epoch exactly once, whatever the kills interrupted.
     for folder, tag in (("train", "epoch_loss"), ("validation", "epoch_robust_accuracy")):
         assert tensorboard_steps(os.path.join(workdir, "tensorboard", folder), tag) == [0, 1, 2]
+
+
+def interrupted_line(output):
+    return [line for line in output.splitlines() if line.startswith("bin/train: interrupted")]
+
+
+def test_sigterm_then_a_kill_right_after_a_mid_epoch_checkpoint_resume_to_the_same_run(
+    uninterrupted, tmp_path
+):
+    workdir = str(tmp_path / "preempted")
+    # SIGTERM inside epoch 2: the minibatch in progress finishes, its exact
+    # position is saved, and the run says so in one line.
+    code, output = run(workdir, kill_at="epoch   1/3", delay=1.0, send=signal.SIGTERM)
+    assert code == 128 + signal.SIGTERM, output[-3000:]
+    (line,) = interrupted_line(output)
+    assert line.startswith("bin/train: interrupted at epoch 2, minibatch ")
+    assert line.endswith(": rerun the same command to resume")
+    minibatch = int(line.split("minibatch ")[1].split(":")[0])
+    assert 1 <= minibatch < 25
+    assert "Traceback" not in output
+    stored = summary(workdir)
+    assert stored["status"] == "interrupted" and stored["epochs_completed"] == 1
+    assert stored["interrupted"] == {"signal": "SIGTERM", "epoch": 2, "minibatch": minibatch}
+    # The same command resumes after that minibatch (none redone); with
+    # checkpoints every 10 minibatches it is then killed -9 right after the
+    # one at epoch 3, minibatch 10 ...
+    code, output = run(
+        workdir,
+        "--checkpoint_every_steps=10",
+        kill_at="deat_tf: checkpoint at epoch 3, minibatch 10",
+    )
+    assert code == -signal.SIGKILL
+    assert f"resuming {workdir} in epoch 2 after minibatch {minibatch} of 25." in output
+    assert summary(workdir)["epochs_completed"] == 2
+    # ... and the plain command redoes nothing before that checkpoint.
+    code, output = run(workdir)
+    assert code == 0, output[-3000:]
+    assert "in epoch 3 after minibatch 10 of 25" in output
+    resumed = summary(workdir)
+    assert resumed["resumed_at_epochs"] == [1, 2]
+    assert_same_run(summary(uninterrupted), resumed)
+    for folder, tag in (("train", "epoch_loss"), ("validation", "epoch_robust_accuracy")):
+        assert tensorboard_steps(os.path.join(workdir, "tensorboard", folder), tag) == [0, 1, 2]
+
+
+def test_sigint_stops_with_one_line_and_a_second_signal_stops_at_once(uninterrupted, tmp_path):
+    workdir = str(tmp_path / "ctrl_c")
+    code, output = run(workdir, kill_at="epoch   2/3", delay=1.0, send=signal.SIGINT)
+    assert code == 128 + signal.SIGINT, output[-3000:]
+    (line,) = interrupted_line(output)
+    assert line.startswith("bin/train: interrupted at epoch 3, minibatch ")
+    assert "Traceback" not in output and "KeyboardInterrupt" not in output
+    assert summary(workdir)["status"] == "interrupted"
+    # A second SIGINT, once the first was taken, ends the process at once.
+    code, output = run(
+        workdir,
+        send=signal.SIGINT,
+        kill_at="deat_tf: resuming",
+        delay=1.0,
+        again_at="deat_tf: SIGINT",
+    )
+    assert code == -signal.SIGINT, output[-3000:]
+    assert not interrupted_line(output)
+    code, output = run(workdir)
+    assert code == 0, output[-3000:]
+    assert "in epoch 3 after minibatch" in output
+    assert_same_run(summary(uninterrupted), summary(workdir))
 
 
 def run_in_process(workdir, *extra):
