@@ -609,7 +609,8 @@ class AdversarialModel(validation.RobustValidation, keras.Model):
                     "carry_perturbation: call fit() so the perturbation buffer is created."
                 )
             batch = tf.shape(x)[0]
-            stored = tf.convert_to_tensor(buffer)
+            # The buffer is float32; a float64 network attacks in float64.
+            stored = tf.cast(tf.convert_to_tensor(buffer), x.dtype)
             attack_input = stored[:batch]
 
             def to_images(delta):
@@ -631,7 +632,7 @@ class AdversarialModel(validation.RobustValidation, keras.Model):
                     attacks.signed_step(attack_input, gradient, step_size), x, self.epsilon
                 )
         if self.carry_perturbation:
-            buffer.assign(tf.concat([attack_input, stored[batch:]], axis=0))
+            buffer.assign(tf.cast(tf.concat([attack_input, stored[batch:]], axis=0), buffer.dtype))
         return replays, update
 
     def _attack_logits_function(self):

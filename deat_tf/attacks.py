@@ -369,6 +369,8 @@ def pgd_search(logits_fn, x, labels, x_start, epsilon, step_size, steps, loss="c
     batch = tf.shape(x)[0]
 
     def keep(x_adv, logits, per_example, best, best_losses, best_misclassified):
+        # Float64 networks give float64 losses; the loop's record stays float32.
+        per_example = tf.cast(per_example, best_losses.dtype)
         wrong = misclassified(logits, labels)
         stronger = is_stronger(per_example, wrong, best_losses, best_misclassified)
         return (

@@ -22,10 +22,13 @@ from deat_tf import attacks, models
 
 @pytest.fixture
 def float64():
-    previous = keras.config.floatx()
+    # Both: a global dtype policy set by an earlier test outranks floatx.
+    previous, previous_policy = keras.config.floatx(), keras.config.dtype_policy()
     keras.config.set_floatx("float64")
+    keras.config.set_dtype_policy("float64")
     yield
     keras.config.set_floatx(previous)
+    keras.config.set_dtype_policy(previous_policy)
 
 
 @pytest.mark.numerics
