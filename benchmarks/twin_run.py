@@ -253,7 +253,9 @@ def run_twins(dtype, seed, epochs, schedule_epochs, clip_start, on_epoch=None):
                     abs(entry["loss"][0] - entry["loss"][1]) for entry in this_epoch
                 ),
                 "largest_magnitude_relative_difference": max(
-                    abs(entry["magnitude"][0] - entry["magnitude"][1]) / entry["magnitude"][1]
+                    # A collapsed network (output independent of the input) has M = 0.
+                    abs(entry["magnitude"][0] - entry["magnitude"][1])
+                    / max(entry["magnitude"][1], 1e-30)
                     for entry in this_epoch
                 ),
                 "weight_difference_at_end": this_epoch[-1]["weight_difference"],
