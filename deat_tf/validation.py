@@ -49,6 +49,25 @@ class RobustValidation:
     def test_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         x = checks.check_image_tensor(x, "images")
+        batch = None
+        if self.validation_attack_steps:
+            counter = self._validation_batches.variable
+            # Without evaluate() (test_on_batch) there is no pass to count: batch 0.
+            batch = tf.constant(0, tf.int64) if counter is None else counter.read_value()
+            if counter is not None:
+                counter.assign_add(1)
+        # A last batch smaller than the replica count leaves a replica no examples
+        # (numpy arrays are split as they come); some CPU convolution kernels refuse
+        # an empty input, and an empty batch adds nothing to the metrics anyway.
+        tf.cond(
+            tf.shape(x)[0] > 0,
+            lambda: self._validation_batch(x, y, sample_weight, batch),
+            lambda: tf.constant(False),
+        )
+        return self._results()
+
+    def _validation_batch(self, x, y, sample_weight, batch):
+        """Updates the validation metrics with one non-empty batch; returns True."""
         logits = self.network(x, training=False)
         loss = self.compute_loss(
             x=x, y=y, y_pred=logits, sample_weight=sample_weight, training=False
@@ -59,9 +78,6 @@ class RobustValidation:
         self._clean_accuracy.update_state(y, logits, sample_weight=sample_weight)
         if self.validation_attack_steps:
             labels = tf.cast(tf.reshape(y, [-1]), tf.int32)
-            counter = self._validation_batches.variable
-            # Without evaluate() (test_on_batch) there is no pass to count: batch 0.
-            batch = tf.constant(0, tf.int64) if counter is None else counter.read_value()
             x_adv, _, _ = attacks.pgd_search(
                 attacks.logits_function(self.network),
                 x,
@@ -71,11 +87,9 @@ class RobustValidation:
                 self.validation_step_size,
                 self.validation_attack_steps,
             )
-            if counter is not None:
-                counter.assign_add(1)
             robust_logits = self.network(tf.stop_gradient(x_adv), training=False)
             self._robust_accuracy.update_state(y, robust_logits, sample_weight=sample_weight)
-        return self._results()
+        return tf.constant(True)
 
     def _start_validation_pass(self):
         """Restarts the batch count of the validation attack: each pass draws the same noise."""

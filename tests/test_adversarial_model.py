@@ -558,6 +558,44 @@ def test_validation_noise_differs_between_batches_and_repeats_each_pass(two_repl
     assert mirrored_results["robust_accuracy"] == pytest.approx(robust(*copies))
 
 
+class RefuseEmpty(layers.Layer):
+    """Identity that fails on an empty batch, as some CPU convolution kernels do."""
+
+    def call(self, inputs):
+        tf.debugging.assert_positive(tf.shape(inputs)[0], message="empty batch")
+        return inputs
+
+
+def test_validation_of_a_last_batch_smaller_than_the_replica_count(two_replica_strategy):
+    # 21 examples in batches of 10: the last batch has 1 example, so with numpy
+    # arrays the second replica receives none. It must be skipped, not run.
+    x, _ = toy_data(1, batch_size=21, seed=4)
+
+    def refusing_model(strategy):
+        with strategy.scope():
+            network = counting_network()
+            refusing = keras.Sequential([keras.Input(IMAGE_SHAPE), RefuseEmpty(), network])
+            model = make_model("deat", network=refusing, epsilon=0.1, validation_attack_steps=2)
+        return model
+
+    single = refusing_model(tf.distribute.get_strategy())
+    labels = np.asarray(single.network(x)).argmax(axis=1)
+    labels[::3] = (labels[::3] + 1) % CLASSES  # some wrong, so accuracy is not trivially 1
+    expected = single.evaluate(x, labels, batch_size=10, verbose=0, return_dict=True)
+    assert 0.0 < expected["accuracy"] < 1.0
+    mirrored = refusing_model(two_replica_strategy)
+    mirrored.set_weights(single.get_weights())
+    results = mirrored.evaluate(x, labels, batch_size=10, verbose=0, return_dict=True)
+    # Every example counted once: the accuracies are counts out of 21.
+    assert results["accuracy"] == pytest.approx(expected["accuracy"])
+    assert results["robust_accuracy"] == pytest.approx(expected["robust_accuracy"], abs=1 / 21)
+    assert results["loss"] == pytest.approx(expected["loss"], rel=1e-4)
+    history = mirrored.fit(
+        x[:20], labels[:20], batch_size=10, epochs=1, validation_data=(x, labels), verbose=0
+    )
+    assert len(history.history["val_accuracy"]) == 1
+
+
 def test_save_and_load_keeps_configuration_weights_and_optimizer(tmp_path):
     x, y = toy_data(2)
     model = make_model(
