@@ -160,6 +160,8 @@ def test_robust_accuracy_is_correct_under_every_attack(clean_mnist_network, digi
         return np.argmax(clean_mnist_network(images, training=False), axis=-1) == y
 
     clean = correct(x)
+    # The suite against the function; the function itself is pinned to a hand
+    # computation in test_fgsm_equals_the_hand_computed_step.
     fgsm = correct(attacks.fgsm(clean_mnist_network, x, y, EPSILON))
     results = results_by_name(report)
     assert results["clean"]["correct"] == clean.sum()
@@ -650,3 +652,78 @@ def test_no_replica_is_given_an_empty_batch(mnist_sample):
         indices.extend(np.concatenate([np.asarray(part) for part in parts]).tolist())
     # The padding is the last example again, at index -1, dropped from the results.
     assert indices == [0, 1, 2, 3, 4, -1]
+
+
+# ------------------------------------------------- against hand-computed values
+
+
+CLASSES = 5  # the targeted DLR loss of apgd-t needs at least 4
+
+
+def linear_classifier(seed=0, dtype="float64"):
+    """Logits W·x + b on 2x2 grey images: FGSM and the exact worst case have closed forms."""
+    generator = np.random.default_rng(seed)
+    kernel = generator.normal(size=(4, CLASSES))
+    # Centred on the grey image 0.5, so that every class gets examples.
+    bias = -0.5 * kernel.sum(axis=0) + generator.normal(size=CLASSES) * 0.1
+    network = keras.Sequential(
+        [keras.Input((2, 2, 1)), layers.Flatten(), layers.Dense(CLASSES, dtype=dtype)]
+    )
+    network.layers[-1].set_weights([kernel, bias])
+    return network, kernel, bias
+
+
+def test_fgsm_equals_the_hand_computed_step():
+    # Cross-entropy of softmax(W·x + b): its input gradient is W (softmax - onehot),
+    # FGSM is clip(x + eps·sign(gradient), 0, 1).
+    network, kernel, bias = linear_classifier()
+    generator = np.random.default_rng(1)
+    x = generator.uniform(size=(64, 2, 2, 1))
+    y = generator.integers(0, CLASSES, size=64)
+    logits = x.reshape(64, 4) @ kernel + bias
+    probabilities = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probabilities /= probabilities.sum(axis=1, keepdims=True)
+    gradient = (probabilities - np.eye(CLASSES)[y]) @ kernel.T
+    assert np.abs(gradient).min() > 1e-6  # no sign is decided by rounding
+    expected = np.clip(x + 0.1 * np.sign(gradient).reshape(x.shape), 0.0, 1.0)
+    # Images enter the attacks as float32: a wrong sign or clip would be off by up to 0.1.
+    np.testing.assert_allclose(
+        np.asarray(attacks.fgsm(network, x, y, 0.1)), expected, rtol=0, atol=1e-6
+    )
+
+
+def exact_robustness(x, y, kernel, bias, epsilon):
+    """Brute force: whether any corner of the (eps-ball ∩ [0, 1]) box is misclassified.
+
+    The margins (W·x + b)_y - (W·x + b)_j are linear, so their minimum over the box
+    lies at a corner; the 2^4 corners of each 2x2 image decide robustness exactly.
+    Also returns each example's smallest margin over the box, to avoid near ties.
+    """
+    flat = x.reshape(len(x), 4)
+    low, high = np.maximum(flat - epsilon, 0.0), np.minimum(flat + epsilon, 1.0)
+    corners = np.array(np.meshgrid(*[[0, 1]] * 4, indexing="ij")).reshape(4, -1).T
+    points = np.where(corners[None] == 1, high[:, None], low[:, None])  # [n, 16, 4]
+    logits = points @ kernel + bias
+    true = np.take_along_axis(logits, y[:, None, None].repeat(16, axis=1), axis=2)[..., 0]
+    others = np.where(np.eye(CLASSES, dtype=bool)[y][:, None], -np.inf, logits)
+    margins = (true - others.max(axis=2)).min(axis=1)
+    return margins > 0, margins
+
+
+def test_cascade_equals_the_brute_force_worst_case_of_a_linear_model():
+    network, kernel, bias = linear_classifier(seed=2)
+    generator = np.random.default_rng(3)
+    x = generator.uniform(size=(400, 2, 2, 1))
+    y = np.argmax(x.reshape(400, 4) @ kernel + bias, axis=1)  # all correct when clean
+    robust, margins = exact_robustness(x, y, kernel, bias, 0.1)
+    clear = np.abs(margins) > 1e-3  # far from ties: rounding cannot decide them
+    x, y, robust = x[clear], y[clear], robust[clear]
+    assert 0.2 < robust.mean() < 0.8
+    report, images = evaluation.AttackSuite(
+        "clean,apgd-ce,apgd-t", 0.1, batch_size=64, cascade=True
+    ).run(network, (x, y), return_images=True)
+    fooled = np.argmax(network(images), axis=1) != y
+    # Attacks can never beat the exact worst case; on a linear model they reach it.
+    np.testing.assert_array_equal(~fooled, robust)
+    assert report["robust_correct"] == robust.sum()
+    assert np.abs(images - x).max() <= 0.1 + 1e-6
