@@ -1,13 +1,13 @@
 """MNIST demo: M+DEAT on the embedded 10,000-digit sample, offline, 1-2 minutes on 2 CPU cores.
 
-The quick start of README.md. Trains the small MNIST CNN with M+DEAT
+The quick start of README.md (its output in docs/training.md). Trains the small MNIST CNN with M+DEAT
 (replays r from 1, raised by the M+ rule with gamma 1.0 up to 8) against
 epsilon = 0.3 on 7,000 of the sample's 8,000 training digits; the other 1,000
 are the validation split (PGD-10, step 0.075), the sample's 2,000 test digits
 get a final PGD-20 check. Adam with a cyclic learning rate 0 -> 5e-3 -> 0
 (peak at 40%), batch 100, 8 epochs, alpha 0.375 (1.25 epsilon).
 
-Measured on 2 CPU cores (README.md has the output): r went 1, 2, 2, 3, 4, 4,
+Measured on 2 CPU cores (docs/training.md has the output): r went 1, 2, 2, 3, 4, 4,
 4, 4; validation robust accuracy (PGD-10) rose from 0% after epoch 1 to 84%
 after epoch 8, clean 97%; test PGD-20 82%, clean 97.7%; 37 s of training
 steps, 59 s for the whole run including validation, checkpoints and the
