@@ -1,7 +1,7 @@
 """MNIST demo: M+DEAT on the embedded 10,000-digit sample, offline, 1-2 minutes on 2 CPU cores.
 
-The quick start of README.md (its output in docs/training.md). Trains the small MNIST CNN with M+DEAT
-(replays r from 1, raised by the M+ rule with gamma 1.0 up to 8) against
+The quick start of README.md (its output in docs/training.md). Trains the small
+MNIST CNN with M+DEAT (replays r from 1, raised by the M+ rule with gamma 1.0 up to 8) against
 epsilon = 0.3 on 7,000 of the sample's 8,000 training digits; the other 1,000
 are the validation split (PGD-10, step 0.075), the sample's 2,000 test digits
 get a final PGD-20 check. Adam with a cyclic learning rate 0 -> 5e-3 -> 0

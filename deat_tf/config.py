@@ -37,7 +37,7 @@ from deat_tf import checks, methods, models
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Every setting of a training run (README.md lists the recipes, docs/training.md their settings).
+    """Every setting of a training run (recipes: README.md and docs/training.md).
 
     Data:
         dataset: mnist, mnist_sample, cifar10, cifar100, imagenet2012 or npz:PATH.
