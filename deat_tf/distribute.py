@@ -64,8 +64,8 @@ def _cluster_resolver():
     if os.environ.get("SLURM_PROCID") is not None and os.environ.get("SLURM_STEP_NODELIST"):
         return tf.distribute.cluster_resolver.SlurmClusterResolver()
     raise ValueError(
-        "strategy multi_worker needs the cluster: set TF_CONFIG on every worker (see docs/training.md, "
-        "'Several machines') or run the workers as one Slurm job step with srun."
+        "strategy multi_worker needs the cluster: set TF_CONFIG on every worker (see "
+        "docs/training.md, 'Several machines') or run the workers as one Slurm job step with srun."
     )
 
 
