@@ -8,6 +8,7 @@ losses and statistic equal up to the rounding of a different summation order.
 
 import json
 import os
+import signal
 import socket
 
 import pytest
@@ -43,10 +44,10 @@ def start(workdir, environment_changes, *extra):
     return start_train(workdir, [*ARGUMENTS, *extra], environment_changes)
 
 
-def start_workers(workdirs, temporary=None):
+def start_workers(workdirs, temporary=None, extra=()):
     """Starts one worker of a new local cluster per workdir (the first is the chief).
 
-    `temporary`, if given, becomes the workers' TMPDIR.
+    `temporary`, if given, becomes the workers' TMPDIR; `extra` are more arguments.
     """
     workers = [f"127.0.0.1:{port}" for port in free_ports(len(workdirs))]
     return [
@@ -59,6 +60,7 @@ def start_workers(workdirs, temporary=None):
                 **({"TMPDIR": temporary} if temporary else {}),
             },
             "--strategy=multi_worker",
+            *extra,
         )
         for index, workdir in enumerate(workdirs)
     ]
@@ -164,3 +166,45 @@ def test_multi_worker_without_a_cluster_is_a_one_line_error(tmp_path):
         .splitlines()[-1]
         .startswith("bin/train: error: strategy multi_worker needs the cluster")
     )
+
+
+def test_a_signal_to_one_worker_stops_both_at_the_same_minibatch_and_both_resume(runs, tmp_path):
+    _, cluster, _, _ = runs
+    workdir = str(tmp_path / "preempted")
+    chief, other = start_workers([workdir, workdir], extra=["--checkpoint_every_steps=2"])
+    lines = []
+    try:
+        for line in chief.stdout:
+            lines.append(line)
+            # Inside epoch 1 with 6 minibatches to go: SIGTERM to the other worker only.
+            if line.startswith("deat_tf: checkpoint at epoch 1, minibatch 2"):
+                other.send_signal(signal.SIGTERM)
+                break
+    finally:
+        outputs = finish([chief, other])
+    chief_output = "".join(lines) + outputs[0]
+    # The workers agree at each minibatch end: both stop there, with one checkpoint.
+    assert (chief.returncode, other.returncode) == (128 + signal.SIGTERM,) * 2, (
+        chief_output[-3000:],
+        outputs[1][-3000:],
+    )
+    stopped = [line for line in chief_output.splitlines() if "interrupted at" in line]
+    assert len(stopped) == 1 and stopped[0].startswith(
+        "bin/train: interrupted at epoch 1, minibatch "
+    ), stopped
+    minibatch = int(stopped[0].split("minibatch ")[1].split(":")[0])
+    assert 2 <= minibatch < 8
+    stored = summary(workdir)
+    assert stored["status"] == "interrupted"
+    assert stored["interrupted"] == {"signal": "SIGTERM", "epoch": 1, "minibatch": minibatch}
+    # The same command on both resumes there and trains the uninterrupted run.
+    processes = start_workers([workdir, workdir])
+    outputs = finish(processes)
+    for process, output in zip(processes, outputs):
+        assert process.returncode == 0, output[-3000:]
+    assert f"in epoch 1 after minibatch {minibatch} of 8" in outputs[0]
+    expected, actual = summary(cluster), summary(workdir)
+    assert actual["status"] == "finished"
+    for first, second in zip(expected["epochs"], actual["epochs"], strict=True):
+        for field in ("attack_steps", "loss", "grad_magnitude", "threshold", "val_robust_accuracy"):
+            assert second.get(field) == first.get(field), (first["epoch"], field)
