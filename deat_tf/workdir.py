@@ -7,6 +7,9 @@
     tensorboard/validation/
     checkpoints/last/      the two newest epoch-end checkpoints: model, optimizer slots,
                            M+ state, epoch history (a resumed run starts from here)
+    checkpoints/partial/   the two newest checkpoints inside an epoch (every N minibatches
+                           or T minutes, and on SIGTERM/SIGINT): the same plus the
+                           position and the epoch's metric sums so far
     checkpoints/best/      the same, at the best validation PGD accuracy
     model.keras            the AdversarialModel after the last epoch (with optimizer state)
     network.keras          the bare classifier of model.keras (logits on [0, 1] images)
