@@ -1,5 +1,6 @@
 """The workdir: checking it, atomic JSON and .keras writes."""
 
+import glob
 import json
 import os
 
@@ -115,6 +116,35 @@ def test_an_epoch_with_non_finite_loss_is_not_saved(tmp_path):
     recorder.on_epoch_end(1, {"loss": float("nan"), "val_accuracy": 0.5})
     assert recorder.skipped_epoch == 2 and state.epochs_done == 1
     assert [path[-6:] for path in checkpoints.last.checkpoints] == ["ckpt-1"]
+
+
+def truncate(path_prefix):
+    for data in glob.glob(path_prefix + ".data-*"):
+        with open(data, "r+b") as stream:
+            stream.truncate(os.path.getsize(data) // 2)
+
+
+def test_with_both_last_checkpoints_unreadable_the_best_one_is_restored(tmp_path):
+    state, checkpoints, recorder = recording_run(tmp_path, epochs=4)
+    for epoch, robust in enumerate((0.2, 0.4, 0.3, 0.1)):  # best: epoch 2
+        recorder.on_epoch_end(
+            epoch, {"loss": 1.0, "val_robust_accuracy": robust, "val_accuracy": 0.9}
+        )
+    assert [path[-6:] for path in checkpoints.last.checkpoints] == ["ckpt-3", "ckpt-4"]
+    for path in checkpoints.last.checkpoints:
+        truncate(path)
+    state.records = []  # as in a new process, before the restore
+    warnings = []
+    restored = checkpoints.restore_latest(warn=warnings.append)
+    assert restored == checkpoints.best_checkpoint(2)
+    assert state.epochs_done == 2  # the epochs after it are trained again
+    assert len(warnings) == 2 and all(line.startswith("warning: checkpoint ") for line in warnings)
+    assert "falling back to the best checkpoint" in warnings[1]
+    # With the best ones unreadable too: one line saying what to do, no traceback.
+    for path in checkpoints.best.checkpoints:
+        truncate(path)
+    with pytest.raises(ValueError, match=r"no readable checkpoint in .* \(last, partial or best\)"):
+        checkpoints.restore_latest(warn=warnings.append)
 
 
 def test_workdir_modes_follow_the_stored_run(tmp_path):
