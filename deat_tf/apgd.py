@@ -15,6 +15,7 @@ losses (cross-entropy, DLR, targeted DLR) are in `deat_tf.losses`; restarts and
 targets are composed by `attacks.strongest_attack`, like every other attack.
 """
 
+import typing
 import weakref
 
 import tensorflow as tf
@@ -84,6 +85,41 @@ def apgd_start(x, noise, epsilon):
 def _as_dtype(value, dtype):
     # tf.cast of a Python float goes through float32 (0.1 would become 0.10000000149).
     return tf.cast(value, dtype) if tf.is_tensor(value) else tf.constant(value, dtype)
+
+
+class _LoopState(typing.NamedTuple):
+    """APGD's per-example loop state (a NamedTuple: tf.while_loop carries it as is).
+
+    Attributes:
+        current: The iterate whose loss and gradient the next iteration computes.
+        previous_iterate: The iterate before it (for the momentum term).
+        step_size: Per-example step, halved at checkpoints.
+        previous_loss: The loss of the iterate before (0 at the start, as
+            AutoAttack's zero-initialised loss history).
+        increases: Loss increases counted since the last checkpoint.
+        best: The highest-loss iterate so far (AutoAttack's x_best).
+        best_loss: Its loss.
+        best_gradient: Its gradient (the jump back restores both).
+        loss_at_check: best_loss at the last checkpoint.
+        halved_at_check: Whether the step was halved at the last checkpoint.
+        strongest: The strongest iterate (misclassified first, then highest loss).
+        strongest_loss: Its loss.
+        strongest_misclassified: Whether any iterate so far was misclassified.
+    """
+
+    current: tf.Tensor
+    previous_iterate: tf.Tensor
+    step_size: tf.Tensor
+    previous_loss: tf.Tensor
+    increases: tf.Tensor
+    best: tf.Tensor
+    best_loss: tf.Tensor
+    best_gradient: tf.Tensor
+    loss_at_check: tf.Tensor
+    halved_at_check: tf.Tensor
+    strongest: tf.Tensor
+    strongest_loss: tf.Tensor
+    strongest_misclassified: tf.Tensor
 
 
 def apgd_loop(
@@ -180,21 +216,16 @@ def apgd_loop(
         return objective, gradient, attacks.misclassified(logits, labels)
 
     def body(k, state):
-        (
-            current,
-            previous_iterate,
-            step_size,
-            previous_loss,
-            increases,
-            best,
-            best_loss,
-            best_gradient,
-            loss_at_check,
-            halved_at_check,
-            strongest,
-            strongest_loss,
-            strongest_misclassified,
-        ) = state
+        current, previous_iterate, step_size = (
+            state.current,
+            state.previous_iterate,
+            state.step_size,
+        )
+        previous_loss, increases = state.previous_loss, state.increases
+        best, best_loss, best_gradient = state.best, state.best_loss, state.best_gradient
+        loss_at_check, halved_at_check = state.loss_at_check, state.halved_at_check
+        strongest, strongest_loss = state.strongest, state.strongest_loss
+        strongest_misclassified = state.strongest_misclassified
         objective, gradient, misclassified = evaluate(current, True)
 
         stronger = attacks.is_stronger(
@@ -235,50 +266,46 @@ def apgd_loop(
             x,
             epsilon,
         )
-        state = (
-            following,
-            current,
-            step_size,
-            following_loss,
-            increases,
-            best,
-            best_loss,
-            best_gradient,
-            loss_at_check,
-            halved_at_check,
-            strongest,
-            strongest_loss,
-            strongest_misclassified,
+        state = _LoopState(
+            current=following,
+            previous_iterate=current,
+            step_size=step_size,
+            previous_loss=following_loss,
+            increases=increases,
+            best=best,
+            best_loss=best_loss,
+            best_gradient=best_gradient,
+            loss_at_check=loss_at_check,
+            halved_at_check=halved_at_check,
+            strongest=strongest,
+            strongest_loss=strongest_loss,
+            strongest_misclassified=strongest_misclassified,
         )
         return k + 1, state
 
     per_example_zeros = tf.zeros([batch], dtype)
     lowest = tf.fill([batch], dtype.min)
-    state = (
-        x_start,
-        x_start,
-        tf.fill([batch], tf.constant(2.0, dtype)) * epsilon,
-        lowest,
-        per_example_zeros,
-        x_start,
-        lowest,
-        tf.zeros_like(x_start),
-        lowest,
+    state = _LoopState(
+        current=x_start,
+        previous_iterate=x_start,
+        step_size=tf.fill([batch], tf.constant(2.0, dtype)) * epsilon,
+        previous_loss=lowest,
+        increases=per_example_zeros,
+        best=x_start,
+        best_loss=lowest,
+        best_gradient=tf.zeros_like(x_start),
+        loss_at_check=lowest,
         # As if halved before the start: condition 2 is off at the first checkpoint.
-        tf.ones([batch], tf.bool),
-        x_start,
-        lowest,
-        tf.zeros([batch], tf.bool),
+        halved_at_check=tf.ones([batch], tf.bool),
+        strongest=x_start,
+        strongest_loss=lowest,
+        strongest_misclassified=tf.zeros([batch], tf.bool),
     )
     _, state = tf.while_loop(
         lambda k, _: k < steps, body, [tf.constant(0), state], parallel_iterations=1
     )
-    final, strongest, strongest_loss, strongest_misclassified = (
-        state[0],
-        state[10],
-        state[11],
-        state[12],
-    )
+    final, strongest = state.current, state.strongest
+    strongest_loss, strongest_misclassified = state.strongest_loss, state.strongest_misclassified
     # The last iterate only needs its loss: the budget stays at `steps` gradients.
     objective, _, misclassified = evaluate(final, False)
     stronger = attacks.is_stronger(
