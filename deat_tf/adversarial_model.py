@@ -26,6 +26,7 @@ BatchNorm during attacks, distribution; docs/algorithm.md the algorithm.
 """
 
 import math
+import typing
 
 import keras
 import numpy as np
@@ -40,6 +41,7 @@ from deat_tf import (
     methods,
     models,
     optimizers,
+    training_losses,
     validation,
 )
 
@@ -59,6 +61,23 @@ class _Untracked:
 
     def __init__(self):
         self.variable = None
+
+
+class _Update(typing.NamedTuple):
+    """What one forward+backward+update returns (`AdversarialModel._update`).
+
+    Attributes:
+        logits: The logits scored by the training metrics.
+        loss: The training loss (already divided by the replica count).
+        input_gradient: The gradient w.r.t. the attack input, or None.
+        gradient_finite: Whether that gradient was finite before its
+            non-finite values were zeroed.
+    """
+
+    logits: tf.Tensor
+    loss: tf.Tensor
+    input_gradient: tf.Tensor | None
+    gradient_finite: tf.Tensor
 
 
 @keras.saving.register_keras_serializable(package="deat_tf")
@@ -276,8 +295,27 @@ class AdversarialModel(validation.RobustValidation, keras.Model):
     def schedule_epochs(self, value):
         self._schedule_epochs.assign(int(value))
 
+    def attack_step_size(self, steps):
+        """The attack step size used with `steps` iterations (every method's one rule).
+
+        Args:
+            steps: The iteration count r or K: a Python int (replays, unrolled at
+                trace time) or an integer tensor (the attack loop's K).
+
+        Returns:
+            alpha: constant, or max(epsilon / steps, alpha) under
+            "max_epsilon_over_steps" (a float for an int, else a float32 tensor).
+        """
+        if self.step_size_rule != "max_epsilon_over_steps":
+            return self.step_size
+        if isinstance(steps, int):
+            return max(self.epsilon / steps, self.step_size) if steps > 0 else self.step_size
+        # K = 0 runs no step: any value serves, and the division stays finite.
+        count = tf.cast(tf.maximum(steps, 1), tf.float32)
+        return tf.maximum(self.epsilon / count, tf.constant(self.step_size, tf.float32))
+
     def replay_step_size(self, steps):
-        """The attack step size used with `steps` iterations.
+        """The attack step size used with `steps` iterations (see `attack_step_size`).
 
         Args:
             steps: The iteration count r or K (a Python int).
@@ -285,9 +323,7 @@ class AdversarialModel(validation.RobustValidation, keras.Model):
         Returns:
             alpha as a float: constant, or max(epsilon / steps, alpha).
         """
-        if self.step_size_rule == "max_epsilon_over_steps" and steps > 0:
-            return max(self.epsilon / steps, self.step_size)
-        return self.step_size
+        return self.attack_step_size(int(steps))
 
     # ------------------------------------------------------------------ compile
 
@@ -414,7 +450,7 @@ class AdversarialModel(validation.RobustValidation, keras.Model):
         if self._method.replays:
             kwargs["callbacks"] = _with_count_check(kwargs.get("callbacks"), self)
         if batch is not None and isinstance(x, (np.ndarray, tf.Tensor)):
-            x, y, kwargs = _fill_every_replica(
+            x, y, kwargs = distribute.fill_every_replica(
                 x, y, batch[2], self.distribute_strategy.num_replicas_in_sync, kwargs
             )
         return super().fit(x, y, batch_size=batch_size, **kwargs)
@@ -485,23 +521,15 @@ class AdversarialModel(validation.RobustValidation, keras.Model):
         # on float64 images; every other one on float32.
         x = tf.cast(x, tf.float64) if self.network.compute_dtype == "float64" else images
         labels = tf.cast(tf.reshape(y, [-1]), tf.int32)
-        if self._method.replays:
-            steps, (logits, loss, input_gradient, gradient_finite) = self._replay_step(
-                x, y, sample_weight
-            )
-        elif self._method.family == "attack_then_update":
-            steps, (logits, loss, input_gradient, gradient_finite) = self._attack_then_update_step(
-                x, y, labels, sample_weight
-            )
-        elif self.method == "fgsm_rs":
-            steps, (logits, loss, input_gradient, gradient_finite) = self._fgsm_step(
-                x, y, labels, sample_weight
-            )
-        else:
-            steps = 0
-            logits, loss, input_gradient, gradient_finite = self._update(
-                _identity, x, self._cross_entropy_forward(y, sample_weight), False
-            )
+        step = {
+            "replay": self._replay_step,
+            "attack_then_update": self._attack_then_update_step,
+            "single_step": self._single_step,
+            "clean": self._clean_step,
+        }[self._method.family]
+        steps, update = step(x, y, labels, sample_weight)
+        logits, loss = update.logits, update.loss
+        input_gradient, gradient_finite = update.input_gradient, update.gradient_finite
 
         batch_size = tf.shape(x)[0]
         self._loss_metric.update_state(
@@ -534,18 +562,6 @@ class AdversarialModel(validation.RobustValidation, keras.Model):
             clip_to_images=self.clip_start,
         )
 
-    def _cross_entropy_forward(self, y, sample_weight):
-        """The forward of the standard update: compiled loss on f(images)."""
-
-        def loss_fn(images):
-            logits = self.network(images, training=True)
-            loss = self.compute_loss(
-                x=images, y=y, y_pred=logits, sample_weight=sample_weight, training=True
-            )
-            return logits, loss
-
-        return loss_fn
-
     def _update(self, to_images, attack_input, loss_fn, want_input_gradient):
         """One forward and one backward in training mode, then one optimizer update.
 
@@ -557,8 +573,7 @@ class AdversarialModel(validation.RobustValidation, keras.Model):
             want_input_gradient: Whether to differentiate w.r.t. `attack_input` too.
 
         Returns:
-            (logits, loss, gradient w.r.t. attack_input or None, whether that
-            gradient was finite before its non-finite values were zeroed).
+            An `_Update`.
         """
         variables = self.trainable_variables
         with tf.GradientTape() as tape:
@@ -597,11 +612,12 @@ class AdversarialModel(validation.RobustValidation, keras.Model):
                 for gradient, variable in zip(gradients, variables)
             ]
         self.optimizer.apply(gradients, variables)
-        return logits, loss, input_gradient, finite_gradient
+        return _Update(logits, loss, input_gradient, finite_gradient)
 
-    def _replay_step(self, x, y, sample_weight):
+    def _replay_step(self, x, y, labels, sample_weight):
+        """deat, free: r replays, each one update of the weights and one step of delta."""
         replays = self._traced_steps if self._traced_steps is not None else self.attack_steps
-        step_size = self.replay_step_size(replays)
+        step_size = self.attack_step_size(replays)
         if self.carry_perturbation:
             buffer = self._carried.variable
             if buffer is None:
@@ -619,10 +635,10 @@ class AdversarialModel(validation.RobustValidation, keras.Model):
         else:
             attack_input = self._random_start(x)
             to_images = _identity
-        loss_fn = self._cross_entropy_forward(y, sample_weight)
+        loss_fn = training_losses.cross_entropy(self, y, sample_weight)
         for replay in range(replays):
             update = self._update(to_images, attack_input, loss_fn, True)
-            gradient = update[2]
+            gradient = update.input_gradient
             if self.carry_perturbation:
                 attack_input = tf.clip_by_value(
                     attack_input + step_size * tf.sign(gradient), -self.epsilon, self.epsilon
@@ -657,13 +673,11 @@ class AdversarialModel(validation.RobustValidation, keras.Model):
     def _attack_then_update_step(self, x, y, labels, sample_weight):
         """pgd, trades, mart: a K-step attack without updates, then one update."""
         steps = tf.convert_to_tensor(self._attack_steps_variable.value)
-        step_size = tf.constant(self.step_size, tf.float32)
-        if self.step_size_rule == "max_epsilon_over_steps":
-            step_size = tf.maximum(
-                self.epsilon / tf.cast(tf.maximum(steps, 1), tf.float32), step_size
-            )
+        step_size = tf.cast(self.attack_step_size(steps), tf.float32)
         attack_logits = self._attack_logits_function()
-        if self.method == "trades":
+        training_loss = self._method.training_loss
+        loss_fn = training_losses.forward(training_loss, self, x, y, labels, sample_weight)
+        if training_loss == "trades":
             natural_probabilities = tf.stop_gradient(
                 tf.nn.softmax(tf.cast(attack_logits(x), tf.float32))
             )
@@ -671,13 +685,8 @@ class AdversarialModel(validation.RobustValidation, keras.Model):
             def attack_loss(logits, _):
                 return losses.kl_divergence(natural_probabilities, logits)
 
-            loss_fn = self._trades_forward(x, y, sample_weight)
-        elif self.method == "mart":
-            attack_loss = "ce"
-            loss_fn = self._mart_forward(x, labels)
         else:
             attack_loss = "ce"
-            loss_fn = self._cross_entropy_forward(y, sample_weight)
         start = self._random_start(x)
         x_adv = attacks.pgd_loop(
             attack_logits,
@@ -693,40 +702,8 @@ class AdversarialModel(validation.RobustValidation, keras.Model):
         x_adv = tf.stop_gradient(x_adv)
         return steps, self._update(_identity, x_adv, loss_fn, self.track_magnitude)
 
-    def _trades_forward(self, x, y, sample_weight):
-        """CE(f(x), y) + beta * KL(f(x) || f(x_adv)), KL summed over classes, batch mean."""
-
-        def loss_fn(x_adv):
-            natural_logits = self.network(x, training=True)
-            adversarial_logits = self.network(x_adv, training=True)
-            natural_loss = self.compute_loss(
-                x=x, y=y, y_pred=natural_logits, sample_weight=sample_weight, training=True
-            )
-            natural_probabilities = tf.nn.softmax(tf.cast(natural_logits, tf.float32))
-            robust_loss = tf.reduce_mean(
-                losses.kl_divergence(natural_probabilities, adversarial_logits)
-            )
-            return adversarial_logits, natural_loss + self.beta * distribute.per_replica_share(
-                robust_loss
-            )
-
-        return loss_fn
-
-    def _mart_forward(self, x, labels):
-        """MART: boosted CE on f(x_adv) + beta * KL(f(x) || f(x_adv)) * (1 - p_y(x))."""
-
-        def loss_fn(x_adv):
-            natural_logits = self.network(x, training=True)
-            adversarial_logits = self.network(x_adv, training=True)
-            loss = tf.reduce_mean(
-                losses.mart_loss(natural_logits, adversarial_logits, labels, self.beta)
-            )
-            regularization = tf.add_n(self.losses) if self.losses else 0.0
-            return adversarial_logits, distribute.per_replica_share(loss + regularization)
-
-        return loss_fn
-
-    def _fgsm_step(self, x, y, labels, sample_weight):
+    def _single_step(self, x, y, labels, sample_weight):
+        """fgsm_rs: one signed step from the random start, then one update."""
         start = self._random_start(x)
         _, _, gradient = attacks.loss_and_gradient(
             self._attack_logits_function(), start, labels, "ce"
@@ -735,7 +712,16 @@ class AdversarialModel(validation.RobustValidation, keras.Model):
             attacks.project(attacks.signed_step(start, gradient, self.step_size), x, self.epsilon)
         )
         return 1, self._update(
-            _identity, x_adv, self._cross_entropy_forward(y, sample_weight), self.track_magnitude
+            _identity,
+            x_adv,
+            training_losses.cross_entropy(self, y, sample_weight),
+            self.track_magnitude,
+        )
+
+    def _clean_step(self, x, y, labels, sample_weight):
+        """none: ordinary training, the baseline for cost ratios."""
+        return 0, self._update(
+            _identity, x, training_losses.cross_entropy(self, y, sample_weight), False
         )
 
     # ------------------------------------------------------------ serialization
@@ -772,40 +758,6 @@ class AdversarialModel(validation.RobustValidation, keras.Model):
             config.pop("network"), custom_objects=custom_objects
         )
         return cls(network, **config)
-
-
-def _fill_every_replica(x, y, global_batch, replicas, kwargs):
-    """Arrays whose last minibatch has at least one example per replica.
-
-    A minibatch smaller than the replica count leaves a replica an empty
-    batch, whose losses are 0 / 0 and which some CPU convolution kernels
-    reject. As PyTorch's DistributedSampler does, the epoch is padded with
-    its first examples (at most replicas - 1 of them). `validation_split` is
-    applied first, as Keras would (the last fraction of the arrays), so that
-    the padding stays in the training part.
-    """
-    examples = int(x.shape[0])
-    # Keras ignores validation_split when validation_data is given.
-    split = 0.0 if kwargs.get("validation_data") is not None else kwargs.get("validation_split")
-    split = split or 0.0
-    remainder = int(math.floor(examples * (1.0 - split))) % global_batch
-    if replicas < 2 or not 0 < remainder < replicas:
-        return x, y, kwargs
-    x, y = np.asarray(x), np.asarray(y)
-    weights = kwargs.get("sample_weight")
-    weights = None if weights is None else np.asarray(weights)
-    kwargs = dict(kwargs)
-    if split:
-        at = int(math.floor(examples * (1.0 - split)))
-        validation = (x[at:], y[at:]) if weights is None else (x[at:], y[at:], weights[at:])
-        kwargs.update(validation_split=0.0, validation_data=validation)
-        x, y = x[:at], y[:at]
-        weights = None if weights is None else weights[:at]
-    extra = replicas - remainder
-    x, y = np.concatenate([x, x[:extra]]), np.concatenate([y, y[:extra]])
-    if weights is not None:
-        kwargs["sample_weight"] = np.concatenate([weights, weights[:extra]])
-    return x, y, kwargs
 
 
 class _TrainWithTheHeldCount(keras.callbacks.Callback):

@@ -7,8 +7,10 @@ runs the same command; the chief (task 0) writes the run's outputs.
 """
 
 import json
+import math
 import os
 
+import numpy as np
 import tensorflow as tf
 
 from deat_tf import checks, models
@@ -254,3 +256,48 @@ def unscale_for_distribution(loss):
     """Keras losses divide by the replica count; the logged loss should not."""
     replicas = tf.distribute.get_strategy().num_replicas_in_sync
     return loss * tf.cast(replicas, loss.dtype) if replicas > 1 else loss
+
+
+def fill_every_replica(x, y, global_batch, replicas, kwargs):
+    """Arrays whose last minibatch has at least one example per replica.
+
+    A minibatch smaller than the replica count leaves a replica an empty
+    batch, whose losses are 0 / 0 and which some CPU convolution kernels
+    reject. As PyTorch's DistributedSampler does, the epoch is padded with
+    its first examples (at most replicas - 1 of them). `validation_split` is
+    applied first, as Keras would (the last fraction of the arrays), so that
+    the padding stays in the training part.
+
+    Args:
+        x: Training images (arrays).
+        y: Labels.
+        global_batch: The global minibatch size.
+        replicas: The replica count.
+        kwargs: fit's other arguments (validation_split, validation_data,
+            sample_weight are read).
+
+    Returns:
+        (x, y, kwargs) to give fit.
+    """
+    examples = int(x.shape[0])
+    # Keras ignores validation_split when validation_data is given.
+    split = 0.0 if kwargs.get("validation_data") is not None else kwargs.get("validation_split")
+    split = split or 0.0
+    remainder = int(math.floor(examples * (1.0 - split))) % global_batch
+    if replicas < 2 or not 0 < remainder < replicas:
+        return x, y, kwargs
+    x, y = np.asarray(x), np.asarray(y)
+    weights = kwargs.get("sample_weight")
+    weights = None if weights is None else np.asarray(weights)
+    kwargs = dict(kwargs)
+    if split:
+        at = int(math.floor(examples * (1.0 - split)))
+        validation = (x[at:], y[at:]) if weights is None else (x[at:], y[at:], weights[at:])
+        kwargs.update(validation_split=0.0, validation_data=validation)
+        x, y = x[:at], y[:at]
+        weights = None if weights is None else weights[:at]
+    extra = replicas - remainder
+    x, y = np.concatenate([x, x[:extra]]), np.concatenate([y, y[:extra]])
+    if weights is not None:
+        kwargs["sample_weight"] = np.concatenate([weights, weights[:extra]])
+    return x, y, kwargs

@@ -21,7 +21,7 @@ from deat_tf import checks
 FAMILIES = ("replay", "attack_then_update", "single_step", "clean")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Method:
     """What distinguishes one training method.
 
@@ -40,6 +40,8 @@ class Method:
             iteration (the update of pgd; the clean and adversarial forwards of
             trades and mart; the update after fgsm_rs's single step).
         count_symbol: How the paper names the count: "r" (replays) or "K" (steps).
+        training_loss: The loss of the update: "cross_entropy", "trades"
+            (CE + beta KL, and a KL attack) or "mart".
     """
 
     name: str
@@ -53,6 +55,7 @@ class Method:
     initialization_scale: float | None
     extra_passes: int
     count_symbol: str
+    training_loss: str = "cross_entropy"
 
     @property
     def replays(self):
@@ -131,15 +134,101 @@ class Method:
 # Attack steps of the attack-then-update methods are a quarter of epsilon
 # (2/255 at 8/255); replay and single-step methods take 1.25 epsilon (10/255).
 _ROWS = (
-    Method("deat", "replay", 1, 1, False, 1, 1.25, "uniform", None, 0, "r"),
-    Method("free", "replay", 8, 1, False, None, 1.25, "uniform", None, 0, "r"),
-    Method("pgd", "attack_then_update", 7, 0, False, 0, 0.25, "uniform", None, 1, "K"),
+    Method(
+        name="deat",
+        family="replay",
+        default_steps=1,
+        minimum_steps=1,
+        fixed_steps=False,
+        scheduled_start=1,
+        step_size_factor=1.25,
+        initialization="uniform",
+        initialization_scale=None,
+        extra_passes=0,
+        count_symbol="r",
+    ),
+    Method(
+        name="free",
+        family="replay",
+        default_steps=8,
+        minimum_steps=1,
+        fixed_steps=False,
+        scheduled_start=None,
+        step_size_factor=1.25,
+        initialization="uniform",
+        initialization_scale=None,
+        extra_passes=0,
+        count_symbol="r",
+    ),
+    Method(
+        name="pgd",
+        family="attack_then_update",
+        default_steps=7,
+        minimum_steps=0,
+        fixed_steps=False,
+        scheduled_start=0,
+        step_size_factor=0.25,
+        initialization="uniform",
+        initialization_scale=None,
+        extra_passes=1,
+        count_symbol="K",
+    ),
     # TRADES and MART start their attacks next to x, at x + 0.001 N(0, 1), as in
     # their reference code and the authors' M+TRADES / M+MART.
-    Method("trades", "attack_then_update", 10, 0, False, 0, 0.25, "normal", 0.001, 2, "K"),
-    Method("mart", "attack_then_update", 10, 0, False, 0, 0.25, "normal", 0.001, 2, "K"),
-    Method("fgsm_rs", "single_step", 1, 1, True, None, 1.25, "uniform", None, 1, "K"),
-    Method("none", "clean", 0, 0, True, None, 1.25, "uniform", None, 1, "K"),
+    Method(
+        name="trades",
+        family="attack_then_update",
+        default_steps=10,
+        minimum_steps=0,
+        fixed_steps=False,
+        scheduled_start=0,
+        step_size_factor=0.25,
+        initialization="normal",
+        initialization_scale=0.001,
+        extra_passes=2,
+        count_symbol="K",
+        training_loss="trades",
+    ),
+    Method(
+        name="mart",
+        family="attack_then_update",
+        default_steps=10,
+        minimum_steps=0,
+        fixed_steps=False,
+        scheduled_start=0,
+        step_size_factor=0.25,
+        initialization="normal",
+        initialization_scale=0.001,
+        extra_passes=2,
+        count_symbol="K",
+        training_loss="mart",
+    ),
+    Method(
+        name="fgsm_rs",
+        family="single_step",
+        default_steps=1,
+        minimum_steps=1,
+        fixed_steps=True,
+        scheduled_start=None,
+        step_size_factor=1.25,
+        initialization="uniform",
+        initialization_scale=None,
+        extra_passes=1,
+        count_symbol="K",
+    ),
+    Method(
+        name="none",
+        family="clean",
+        default_steps=0,
+        minimum_steps=0,
+        fixed_steps=True,
+        scheduled_start=None,
+        step_size_factor=1.25,
+        initialization="uniform",
+        initialization_scale=None,
+        extra_passes=1,
+        count_symbol="K",
+    ),
 )
 METHODS = {row.name: row for row in _ROWS}
 NAMES = tuple(METHODS)
