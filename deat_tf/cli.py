@@ -32,7 +32,7 @@ EVALUATE_STRATEGIES = ("auto", "mirrored", "one_device")
 # Under the cascade each attack runs on the survivors of the ones listed
 # before it, so the presets list the larger PGD budget first and FGSM last:
 # the smaller budget and FGSM must then fool (almost) none of those survivors,
-# which keeps the budget and masking checks meaningful (deat_tf.sanity_checks).
+# which keeps the budget and masking checks meaningful (deat_tf.evaluation.checks).
 EVALUATION_PRESETS = {
     "mnist": {
         "dataset": "mnist",
@@ -393,9 +393,7 @@ def define_evaluate_flags(flag_values):
     flags.DEFINE_string(
         "attacks",
         None,
-        "Comma-separated: clean, fgsm, pgdN, cwN (pgd50x10 = 10 restarts), "
-        "apgd-ce, apgd-dlr, apgd-t, fab-t, fab (apgd-ce50 = 50 steps), square (5000 queries; "
-        "square1000x2), or autoattack (apgd-ce,apgd-t,fab-t,square) / autoattack-plus. "
+        f"Comma-separated: {evaluation.ATTACK_NAMES_HELP}. "
         f"Default: the preset's, else {evaluation.DEFAULT_ATTACKS}.",
         flag_values=flag_values,
     )

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from deat_tf import apgd, attacks, models
+from deat_tf import attacks, models
+from deat_tf.attacks import apgd_attack as apgd
 
 TOLERANCE = 1e-6
 PIXELS = 12

@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 
 from deat_tf import attacks, models
+from deat_tf.attacks import pgd_attacks
 
 TOLERANCE = 1e-6
 
@@ -143,7 +144,7 @@ def test_changing_the_step_count_does_not_retrace(rng):
     for steps in (1, 3, 7):
         attacks.pgd(network, x, y, 0.1 * steps, 0.02, steps=steps)
     attacks.pgd(network, x, y, 0.1, 0.02, steps=tf.constant(2), restarts=2)
-    assert attacks._COMPILED_PGD[network].experimental_get_tracing_count() == 1
+    assert pgd_attacks._COMPILED_PGD[network].experimental_get_tracing_count() == 1
 
 
 def test_pgd_accepts_a_plain_callable(rng):

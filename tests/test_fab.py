@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from deat_tf import fab, losses
+from deat_tf import losses
+from deat_tf.attacks import fab_attack as fab
 
 TOLERANCE = 1e-6
 SIDE = 3

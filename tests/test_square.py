@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from deat_tf import attacks, square
+from deat_tf import attacks
+from deat_tf.attacks import square_attack as square
 
 TOLERANCE = 1e-6
 SIDE = 4

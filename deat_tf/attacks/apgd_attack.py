@@ -6,13 +6,13 @@ at step 2 * epsilon and halves it at fixed checkpoints of the budget when its
 progress stalls; steps carry momentum 0.75; a halving jumps back to the best
 point seen.
 
-    x_adv = apgd.apgd(model, x, y, epsilon=8 / 255, steps=100)              # APGD-CE
-    x_adv = apgd.apgd(model, x, y, epsilon=8 / 255, loss="dlr")             # APGD-DLR
-    x_adv = apgd.apgd_targeted(model, x, y, epsilon=8 / 255, steps=100)     # APGD-T
+    x_adv = attacks.apgd(model, x, y, epsilon=8 / 255, steps=100)              # APGD-CE
+    x_adv = attacks.apgd(model, x, y, epsilon=8 / 255, loss="dlr")             # APGD-DLR
+    x_adv = attacks.apgd_targeted(model, x, y, epsilon=8 / 255, steps=100)     # APGD-T
 
-The same functions are reachable as `deat_tf.attacks.apgd` and so on. The
+The public functions are reachable as `deat_tf.attacks.apgd` and so on. The
 losses (cross-entropy, DLR, targeted DLR) are in `deat_tf.losses`; restarts and
-targets are composed by `attacks.strongest_attack`, like every other attack.
+targets are composed by `common.strongest_attack`, like every other attack.
 """
 
 import typing
@@ -20,7 +20,8 @@ import weakref
 
 import tensorflow as tf
 
-from deat_tf import attacks, checks, losses
+from deat_tf import checks, losses
+from deat_tf.attacks import common
 
 APGD_MOMENTUM = 0.75
 APGD_RHO = 0.75
@@ -79,7 +80,7 @@ def apgd_start(x, noise, epsilon):
     largest = tf.reduce_max(tf.abs(noise), axis=axes, keepdims=True)
     # AutoAttack adds 1e-12 to the norm; it only matters for an all-zero draw.
     start = x + epsilon * noise / (largest + 1e-12)
-    return attacks.project(start, x, epsilon)
+    return common.project(start, x, epsilon)
 
 
 def _as_dtype(value, dtype):
@@ -213,7 +214,7 @@ def apgd_loop(
             objective = losses.attack_objective(logits, labels, loss, target_labels)
             total = tf.reduce_sum(objective)
         gradient = tape.gradient(total, images) if with_gradient else None
-        return objective, gradient, attacks.misclassified(logits, labels)
+        return objective, gradient, common.misclassified(logits, labels)
 
     def body(k, state):
         current, previous_iterate, step_size = (
@@ -228,17 +229,17 @@ def apgd_loop(
         strongest_misclassified = state.strongest_misclassified
         objective, gradient, misclassified = evaluate(current, True)
 
-        stronger = attacks.is_stronger(
+        stronger = common.is_stronger(
             objective, misclassified, strongest_loss, strongest_misclassified
         )
-        strongest = attacks.select(stronger, current, strongest)
+        strongest = common.select(stronger, current, strongest)
         strongest_loss = tf.where(stronger, objective, strongest_loss)
         strongest_misclassified = tf.logical_or(strongest_misclassified, misclassified)
 
         first = tf.equal(k, 0)
         improved = tf.logical_or(first, objective > best_loss)
-        best = attacks.select(improved, current, best)
-        best_gradient = attacks.select(improved, gradient, best_gradient)
+        best = common.select(improved, current, best)
+        best_gradient = common.select(improved, gradient, best_gradient)
         best_loss = tf.where(improved, objective, best_loss)
         loss_at_check = tf.where(first, best_loss, loss_at_check)
         increases += tf.cast(
@@ -253,15 +254,15 @@ def apgd_loop(
         step_size = tf.where(halve, step_size / 2.0, step_size)
         # The loss history keeps this iterate's loss even where it jumps back.
         following_loss = tf.where(first, tf.zeros_like(objective), objective)
-        current = attacks.select(halve, best, current)
-        gradient = attacks.select(halve, best_gradient, gradient)
+        current = common.select(halve, best, current)
+        gradient = common.select(halve, best_gradient, gradient)
         halved_at_check = tf.where(at_checkpoint, halve, halved_at_check)
         loss_at_check = tf.where(at_checkpoint, best_loss, loss_at_check)
         increases = tf.where(at_checkpoint, tf.zeros_like(increases), increases)
 
-        target = attacks.project(current + broadcast(step_size) * tf.sign(gradient), x, epsilon)
+        target = common.project(current + broadcast(step_size) * tf.sign(gradient), x, epsilon)
         weight = tf.where(first, tf.constant(1.0, dtype), momentum)
-        following = attacks.project(
+        following = common.project(
             current + weight * (target - current) + (1.0 - weight) * (current - previous_iterate),
             x,
             epsilon,
@@ -308,11 +309,9 @@ def apgd_loop(
     strongest_loss, strongest_misclassified = state.strongest_loss, state.strongest_misclassified
     # The last iterate only needs its loss: the budget stays at `steps` gradients.
     objective, _, misclassified = evaluate(final, False)
-    stronger = attacks.is_stronger(
-        objective, misclassified, strongest_loss, strongest_misclassified
-    )
+    stronger = common.is_stronger(objective, misclassified, strongest_loss, strongest_misclassified)
     return (
-        attacks.select(stronger, final, strongest),
+        common.select(stronger, final, strongest),
         tf.where(stronger, objective, strongest_loss),
         tf.logical_or(strongest_misclassified, misclassified),
     )
@@ -365,24 +364,24 @@ def example_starts(x, epsilon, seed, example_indices):
         example_seeds = tf.stack(
             [tf.fill(tf.shape(example_indices), run_seed), example_indices], axis=1
         )
-        return apgd_start(x, attacks.per_example_perturbation(x, example_seeds, 1.0), epsilon)
+        return apgd_start(x, common.per_example_perturbation(x, example_seeds, 1.0), epsilon)
 
     return start
 
 
 def _apgd_graph(model, x, y, epsilon, steps, restarts, seed, loss, random_start, target_labels):
-    logits_fn = attacks.logits_function(model)
+    logits_fn = common.logits_function(model)
     y = tf.cast(tf.reshape(y, [-1]), tf.int32)
 
     def loop(x_start, _):
         return apgd_loop(logits_fn, x, y, x_start, epsilon, steps, loss, target_labels)
 
     start = batch_starts(x, epsilon, seed, random_start)
-    return attacks.strongest_attack(loop, start, x, restarts)[0]
+    return common.strongest_attack(loop, start, x, restarts).images
 
 
 def _apgd_targeted_graph(model, x, y, epsilon, steps, restarts, seed, loss, target_classes):
-    logits_fn = attacks.logits_function(model)
+    logits_fn = common.logits_function(model)
     y = tf.cast(tf.reshape(y, [-1]), tf.int32)
     targets = losses.top_wrong_classes(logits_fn(x), y, target_classes)
 
@@ -391,7 +390,7 @@ def _apgd_targeted_graph(model, x, y, epsilon, steps, restarts, seed, loss, targ
 
     # AutoAttack draws a new start for every run, target after target.
     start = batch_starts(x, epsilon, seed)
-    return attacks.strongest_attack(loop, start, x, restarts, targets, fresh_starts=True)[0]
+    return common.strongest_attack(loop, start, x, restarts, targets, fresh_starts=True).images
 
 
 _COMPILED_APGD = weakref.WeakKeyDictionary()
@@ -455,7 +454,7 @@ def apgd(
     if tf.inside_function():
         result = _apgd_graph(model, *arguments)
     else:
-        result = attacks.compiled_for(_COMPILED_APGD, model, _apgd_graph)(model, *arguments)
+        result = common.compiled_for(_COMPILED_APGD, model, _apgd_graph)(model, *arguments)
     return tf.stop_gradient(result)
 
 
@@ -493,7 +492,7 @@ def apgd_targeted(
     """
     x, epsilon = _check_arguments(x, epsilon, steps, restarts, loss)
     checks.check_count(target_classes, "target_classes", 1)
-    classes = losses.static_classes(attacks.logits_function(model)(x[:1]))
+    classes = losses.static_classes(common.logits_function(model)(x[:1]))
     if classes is not None:
         target_classes = min(int(target_classes), classes - 1)
     arguments = (
@@ -509,6 +508,27 @@ def apgd_targeted(
     if tf.inside_function():
         result = _apgd_targeted_graph(model, *arguments)
     else:
-        compiled = attacks.compiled_for(_COMPILED_APGD_TARGETED, model, _apgd_targeted_graph)
+        compiled = common.compiled_for(_COMPILED_APGD_TARGETED, model, _apgd_targeted_graph)
         result = compiled(model, *arguments)
     return tf.stop_gradient(result)
+
+
+def run_apgd(spec, logits_fn, x, labels, epsilon, seed, example_indices, num_classes):
+    """An evaluation's `apgd-ce`, `apgd-dlr` or `apgd-t`: `apgd_loop` from per-example starts.
+
+    Args: as `deat_tf.attacks.run_fgsm`; APGD-T attacks the `spec.targets(num_classes)`
+        most likely wrong classes and, as AutoAttack, draws a new start for every target.
+
+    Returns:
+        An `Outcome`.
+    """
+    targets = common.top_targets(logits_fn, x, labels, spec.targets(num_classes))
+
+    def loop(x_start, target_labels):
+        return apgd_loop(
+            logits_fn, x, labels, x_start, epsilon, spec.steps, spec.loss, target_labels
+        )
+
+    start = example_starts(x, epsilon, seed, example_indices)
+    strongest = common.strongest_attack(loop, start, x, spec.restarts, targets, fresh_starts=True)
+    return common.outcome_of(strongest)

@@ -1,9 +1,10 @@
 """An evaluation report as a text table, and as a JSON file written atomically.
 
-Both are also reachable from `deat_tf.evaluation`.
+Both are reachable from `deat_tf.evaluation`.
 """
 
 from deat_tf import workdir
+from deat_tf.attacks import kind_of
 
 
 def format_table(report):
@@ -21,19 +22,20 @@ def format_table(report):
     )
     rows = []
     for result in report["attacks"]:
-        if result["method"] == "clean":
+        kind = kind_of(result["method"])
+        if kind.is_clean:
             budget, step = "-", "-"
-        elif result["method"] == "fgsm":
+        elif not kind.takes_count:
             budget, step = "1", f"{result['step_size']:.4g}"
         else:
-            unit = " queries" if result["method"] == "square" else ""
+            unit = " queries" if kind.cost == "query_per_step" else ""
             budget = f"{result['steps']}{unit} x {result['runs']}"
             if result["target_classes"]:
                 budget += f" ({result['target_classes']} targets)"
             if result["step_size"] is not None:
                 step = f"{result['step_size']:.4g}"
             else:
-                step = "adaptive" if result["method"] in ("apgd", "apgd-t") else "-"
+                step = "adaptive" if kind.step_rule == "adaptive" else "-"
         rows.append(
             (
                 result["name"],

@@ -5,16 +5,16 @@ query-efficient black-box adversarial attack via random search") only reads the
 model's logits, so gradient masking (non-differentiable preprocessing, shattered
 or vanishing gradients) does not blunt it. It closes AutoAttack's standard run:
 
-    from deat_tf import square
+    from deat_tf import attacks
 
-    x_adv = square.square(model, x, y, epsilon=8 / 255)                # 5,000 queries
-    x_adv = square.square(model, x, y, epsilon=0.3, queries=1000, restarts=2, seed=1)
+    x_adv = attacks.square(model, x, y, epsilon=8 / 255)                # 5,000 queries
+    x_adv = attacks.square(model, x, y, epsilon=0.3, queries=1000, restarts=2, seed=1)
 
 For batch-independent results, give every example its own stateless seed, for
 example its index in the data set:
 
     seeds = tf.stack([tf.fill([n], 0), tf.range(start, start + n)], axis=1)
-    x_adv = square.square(model, x, y, 8 / 255, example_seeds=seeds)
+    x_adv = attacks.square(model, x, y, 8 / 255, example_seeds=seeds)
 
 The attack minimises the margin z_y - max_{j != y} z_j of each example, with
 AutoAttack's settings (`autoattack.py` builds its `SquareAttack` with
@@ -41,7 +41,7 @@ Where this still differs from AutoAttack's code, and why:
   where AutoAttack's code shares one draw across the batch: per-example draws
   make an example's result independent of the other examples in its batch
   (batch size, replicas, the cascade's subsets).
-- Restarts are composed by `attacks.strongest_attack`, like every other
+- Restarts are composed by `common.strongest_attack`, like every other
   attack: restart r runs on every example, with the seeds (first + r, second)
   (`restart_seeds`), and per example the strongest result is kept (the
   misclassified one with the highest margin). AutoAttack's code restarts only
@@ -69,7 +69,8 @@ import weakref
 
 import tensorflow as tf
 
-from deat_tf import attacks, checks, losses
+from deat_tf import checks, losses
+from deat_tf.attacks import common
 
 SQUARE_QUERIES = 5000
 SQUARE_P_INIT = 0.8
@@ -243,7 +244,7 @@ def square_loop(
         max_{j != y} z_j - z_y (higher is stronger), whether the score reached
         >= 0 (misclassified, or tied with another class), and the int32 number
         of queries spent, which is <= queries + 1 and stops growing at the
-        first success: what `attacks.strongest_attack` combines, with
+        first success: what `common.strongest_attack` combines, with
         counts=True. One more evaluation, at x itself, comes first and is not
         counted: an example misclassified there (by argmax) is returned as x
         with 0 queries.
@@ -259,7 +260,7 @@ def square_loop(
     # to attack) are done before the search starts (no query spent).
     clean_logits = tf.cast(logits_fn(x), tf.float32)
     scores = losses.margin(clean_logits, labels)
-    fooled = attacks.misclassified(clean_logits, labels)
+    fooled = common.misclassified(clean_logits, labels)
     best = x
     used = tf.zeros_like(labels)
     attacked = tf.where(tf.logical_not(fooled))
@@ -297,7 +298,7 @@ def square_loop(
         proposal_scores, proposal_fooled = _judge(logits_fn, proposal, tf.gather_nd(labels, active))
         accept = tf.logical_or(proposal_scores > tf.gather_nd(scores, active), proposal_fooled)
         best = tf.tensor_scatter_nd_update(
-            best, active, attacks.select(accept, proposal, best_active)
+            best, active, common.select(accept, proposal, best_active)
         )
         scores = tf.tensor_scatter_nd_update(
             scores, active, tf.where(accept, proposal_scores, tf.gather_nd(scores, active))
@@ -325,7 +326,7 @@ def restart_seeds(example_seeds):
         example_seeds: Integer tensor [batch, 2], the seeds of restart 0.
 
     Returns:
-        A function restart index -> seeds [batch, 2] (for `attacks.strongest_attack`).
+        A function restart index -> seeds [batch, 2] (for `common.strongest_attack`).
     """
     example_seeds = tf.cast(example_seeds, tf.int64)
 
@@ -338,17 +339,17 @@ def restart_seeds(example_seeds):
 def _square_graph(
     model, x, y, epsilon, queries, p_init, restarts, example_seeds, rescale_schedule=False
 ):
-    logits_fn = attacks.logits_function(model)
+    logits_fn = common.logits_function(model)
     x = tf.cast(x, tf.float32)
     y = tf.cast(tf.reshape(y, [-1]), tf.int32)
 
     def loop(seeds, _):
         return square_loop(logits_fn, x, y, epsilon, queries, seeds, p_init, rescale_schedule)
 
-    best, _, _, _, used = attacks.strongest_attack(
+    strongest = common.strongest_attack(
         loop, restart_seeds(example_seeds), x, restarts, counts=True
     )
-    return best, used
+    return strongest.images, strongest.spent
 
 
 _COMPILED_SQUARE = weakref.WeakKeyDictionary()
@@ -381,7 +382,7 @@ def square(
         queries: Random-search iterations per example and restart after the
             stripes, >= 1 (AutoAttack's n_queries, 5,000).
         p_init: Initial fraction of the image covered by a window, in (0, 1].
-        restarts: Runs >= 1, composed by `attacks.strongest_attack`: per example
+        restarts: Runs >= 1, composed by `common.strongest_attack`: per example
             the strongest result of any run is kept.
         seed: Integer seed of `default_example_seeds`, used without `example_seeds`.
         example_seeds: Optional integer tensor [batch, 2], one seed pair per
@@ -423,6 +424,29 @@ def square(
     if tf.inside_function():
         result, _ = _square_graph(model, *arguments)
     else:
-        compiled = attacks.compiled_for(_COMPILED_SQUARE, model, _square_graph)
+        compiled = common.compiled_for(_COMPILED_SQUARE, model, _square_graph)
         result, _ = compiled(model, *arguments)
     return tf.stop_gradient(result)
+
+
+def run_square(spec, logits_fn, x, labels, epsilon, seed, example_indices, num_classes):
+    """An evaluation's `square`: `square_loop` with the example seeds (seed, index).
+
+    Args: as `deat_tf.attacks.run_fgsm`; `spec.steps` is the query budget after the stripes.
+
+    Returns:
+        An `Outcome` with the queries each example spent.
+    """
+    seeds = tf.stack(
+        [
+            tf.fill(tf.shape(example_indices), tf.cast(seed, tf.int64)),
+            tf.cast(example_indices, tf.int64),
+        ],
+        axis=1,
+    )
+
+    def loop(restart_seeds, _):
+        return square_loop(logits_fn, x, labels, epsilon, spec.steps, restart_seeds)
+
+    strongest = common.strongest_attack(loop, restart_seeds(seeds), x, spec.restarts, counts=True)
+    return common.outcome_of(strongest)

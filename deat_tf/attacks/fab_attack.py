@@ -6,11 +6,11 @@ not merely one inside a given ball. AutoAttack's standard version runs its
 targeted form, FAB-T, after APGD-CE and APGD-T; its "plus" version adds the
 untargeted form with 5 restarts:
 
-    from deat_tf import fab
+    from deat_tf import attacks
 
-    x_adv = fab.fab_targeted(model, x, y, epsilon=8 / 255)          # AutoAttack's FAB-T
-    x_adv = fab.fab_untargeted(model, x, y, epsilon=8 / 255, restarts=5)
-    x_min, norms = fab.fab_minimal_adversarial(model, x, y, epsilon=8 / 255)
+    x_adv = attacks.fab_targeted(model, x, y, epsilon=8 / 255)          # AutoAttack's FAB-T
+    x_adv = attacks.fab_untargeted(model, x, y, epsilon=8 / 255, restarts=5)
+    x_min, norms = attacks.fab_minimal_adversarial(model, x, y, epsilon=8 / 255)
 
 `fab_targeted` and `fab_untargeted` return images inside the epsilon-ball and
 [0, 1]: the closest adversarial example found where its L-infinity norm is <=
@@ -44,7 +44,7 @@ along the segment towards x, to where the logit gap interpolated linearly
 between the two ends changes sign (aiming a hair past it, which the original
 does not), which can only shrink the norm.
 
-Restarts and targets are composed by `attacks.strongest_attack`, like every
+Restarts and targets are composed by `common.strongest_attack`, like every
 other attack: runs go target by target (the most likely wrong class first),
 each with all its restarts, and per example the closest adversarial example
 found by any run is kept. Where this differs from AutoAttack's code:
@@ -76,7 +76,8 @@ import weakref
 
 import tensorflow as tf
 
-from deat_tf import attacks, checks, losses
+from deat_tf import checks, losses
+from deat_tf.attacks import common
 
 FAB_STEPS = 100
 FAB_TARGET_CLASSES = 9
@@ -197,12 +198,12 @@ def _final_search(logits_fn, x, labels, adversarial, found, search_steps):
         middle_logits = logits_fn(middle)
         middle_class = tf.argmax(middle_logits, axis=-1, output_type=tf.int32)
         still_clean = tf.equal(middle_class, labels)
-        clean_end = attacks.select(still_clean, middle, clean_end)
+        clean_end = common.select(still_clean, middle, clean_end)
         clean_logits = tf.where(still_clean[:, None], middle_logits, clean_logits)
-        adversarial_end = attacks.select(still_clean, adversarial_end, middle)
+        adversarial_end = common.select(still_clean, adversarial_end, middle)
         adversarial_logits = tf.where(still_clean[:, None], adversarial_logits, middle_logits)
         adversarial_class = tf.where(still_clean, adversarial_class, middle_class)
-    return attacks.select(found, adversarial_end, adversarial)
+    return common.select(found, adversarial_end, adversarial)
 
 
 def _linearised_boundary(logits_fn, iterate, labels, target_labels):
@@ -298,7 +299,7 @@ def fab_search(
         adversarial = tf.not_equal(_predictions(logits_fn, candidate), labels)
         norm = _linf_norm(candidate - x)
         closer = tf.logical_and(adversarial, norm < best_norm)
-        best = attacks.select(closer, candidate, best)
+        best = common.select(closer, candidate, best)
         return adversarial, best, tf.where(closer, norm, best_norm)
 
     def body(step, iterate, best, best_norm):
@@ -319,7 +320,7 @@ def fab_search(
         adversarial, best, best_norm = record(candidate, best, best_norm)
         # Having crossed the boundary, restart the approach from a point closer to x.
         backed_off = x + beta * (candidate - x)
-        return step + 1, attacks.select(adversarial, backed_off, candidate), best, best_norm
+        return step + 1, common.select(adversarial, backed_off, candidate), best, best_norm
 
     _, best, best_norm = record(start, x, tf.fill([tf.shape(x)[0]], float("inf")))
     _, _, best, best_norm = tf.while_loop(
@@ -368,7 +369,7 @@ def fab_loop(
         adversarial example found has L-infinity norm <= epsilon, that example,
         minus its norm, and True; elsewhere x itself, minus the norm of the
         closest adversarial example found (-inf if none), and False. The images
-        are inside the epsilon-ball and [0, 1], so `attacks.strongest_attack`
+        are inside the epsilon-ball and [0, 1], so `common.strongest_attack`
         can combine runs (a higher score is a closer adversarial example).
     """
     x = tf.cast(x, tf.float32)
@@ -376,7 +377,7 @@ def fab_loop(
         logits_fn, x, labels, target_labels, start, steps, alpha_max, eta, beta, search_steps
     )
     success = norms <= tf.cast(epsilon, tf.float32)
-    return attacks.select(success, adversarial, x), -norms, success
+    return common.select(success, adversarial, x), -norms, success
 
 
 def restart_starts(x, epsilon, seed, example_indices):
@@ -394,7 +395,7 @@ def restart_starts(x, epsilon, seed, example_indices):
         example_indices: Integer tensor [batch], the examples' positions in the dataset.
 
     Returns:
-        A function restart index -> starting images (for `attacks.strongest_attack`).
+        A function restart index -> starting images (for `common.strongest_attack`).
     """
     example_indices = tf.cast(example_indices, tf.int64)
     radius = FAB_RESTART_RADIUS * tf.cast(epsilon, tf.float32)
@@ -404,7 +405,7 @@ def restart_starts(x, epsilon, seed, example_indices):
         example_seeds = tf.stack(
             [tf.fill(tf.shape(example_indices), restart_seed), example_indices], axis=1
         )
-        noise = attacks.per_example_perturbation(x, example_seeds, 1.0)
+        noise = common.per_example_perturbation(x, example_seeds, 1.0)
         noise = noise / _broadcast(tf.maximum(_linf_norm(noise), _SHORTEST_STEP), x)
         return tf.clip_by_value(x + radius * noise, 0.0, 1.0)
 
@@ -429,7 +430,7 @@ def _fab_graph(
     search_steps,
     minimal,
 ):
-    logits_fn = attacks.logits_function(model)
+    logits_fn = common.logits_function(model)
     x = tf.cast(x, tf.float32)
     y = tf.cast(tf.reshape(y, [-1]), tf.int32)
     targets = None
@@ -446,8 +447,8 @@ def _fab_graph(
             )
             return images, -norms, tf.math.is_finite(norms)
 
-        best, scores, found, _ = attacks.strongest_attack(loop, start, x, restarts, targets)
-        return best, tf.where(found, -scores, float("inf"))
+        strongest = common.strongest_attack(loop, start, x, restarts, targets)
+        return strongest.images, tf.where(strongest.misclassified, -strongest.losses, float("inf"))
 
     def loop(x_start, target_labels):
         return fab_loop(
@@ -464,7 +465,7 @@ def _fab_graph(
             search_steps,
         )
 
-    return attacks.strongest_attack(loop, start, x, restarts, targets)[0]
+    return common.strongest_attack(loop, start, x, restarts, targets).images
 
 
 _COMPILED_FAB = weakref.WeakKeyDictionary()
@@ -483,7 +484,7 @@ def _prepare(
     beta = checks.check_range(beta, "beta", 0.0, 1.0, include_low=False)
     eta = checks.check_positive(eta, "eta")
     x = checks.check_image_tensor(x)
-    classes = losses.static_classes(attacks.logits_function(model)(x[:1]))
+    classes = losses.static_classes(common.logits_function(model)(x[:1]))
     if classes is not None and classes < 2:
         raise ValueError(f"FAB needs a model with at least 2 classes, got {classes}.")
     if target_classes is not None and classes is not None:
@@ -506,7 +507,7 @@ def _prepare(
 def _run(model, arguments, minimal):
     if tf.inside_function():
         return _fab_graph(model, *arguments, minimal)
-    return attacks.compiled_for(_COMPILED_FAB, model, _fab_graph)(model, *arguments, minimal)
+    return common.compiled_for(_COMPILED_FAB, model, _fab_graph)(model, *arguments, minimal)
 
 
 def fab_targeted(
@@ -676,3 +677,21 @@ def fab_minimal_adversarial(
     )
     images, norms = _run(model, arguments, minimal=True)
     return tf.stop_gradient(images), tf.stop_gradient(norms)
+
+
+def run_fab(spec, logits_fn, x, labels, epsilon, seed, example_indices, num_classes):
+    """An evaluation's `fab-t` or `fab`: `fab_loop` from x, then from `restart_starts`.
+
+    Args: as `deat_tf.attacks.run_fgsm`; FAB-T attacks the `spec.targets(num_classes)`
+        most likely wrong classes, untargeted FAB every class at each iteration.
+
+    Returns:
+        An `Outcome`.
+    """
+    targets = common.top_targets(logits_fn, x, labels, spec.targets(num_classes))
+
+    def loop(x_start, target_labels):
+        return fab_loop(logits_fn, x, labels, target_labels, epsilon, spec.steps, x_start)
+
+    start = restart_starts(x, epsilon, seed, example_indices)
+    return common.outcome_of(common.strongest_attack(loop, start, x, spec.restarts, targets))

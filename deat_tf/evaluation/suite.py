@@ -1,72 +1,6 @@
-"""Robust evaluation: run a list of attacks over a dataset and report what survives.
+"""The attack suite: a clean pass, one pass per attack, the report (see `deat_tf.evaluation`)."""
 
-    suite = evaluation.AttackSuite("autoattack", epsilon=0.3)   # or "clean,fgsm,pgd20,apgd-t"
-    data = evaluation.load_data("mnist_sample", n_examples=1000)
-    report = suite.run(network, data)          # or evaluation.evaluate(network, data, names, 0.3)
-    print(evaluation.format_table(report))
-    evaluation.write_report(report, "report.json")
-
-`bin/evaluate` (`deat_tf.cli`) adds presets and flags around these calls, and
-`bin/train` evaluates its final networks with the same code.
-
-Attack names (comma-separated, each at most once; `autoattack` and
-`autoattack-plus` stand for AutoAttack's lists) are listed in
-`deat_tf.attack_names`; `parse_attacks` and `AttackSpec` are reachable here too.
-
-The cascade (`cascade=True`, the default; `--nocascade` in `bin/evaluate`):
-the clean pass runs on every example, then each attack, in list order, only
-on the examples still robust, i.e. correct on the clean input and under every
-earlier attack, as AutoAttack does. The robust accuracy is the same as with
-every attack on every example (each example's result does not depend on the
-others), at a fraction of the cost. What the numbers mean then:
-
-- `accuracy` of an attack is the robust accuracy after it (correct on the
-  clean input and under it and every attack above it), so it can only fall
-  down the list and the last one is the robust accuracy. Without the cascade
-  it is the accuracy under that attack alone, on every example.
-- `attacked` is the number of examples it ran on; `gradient_evaluations` (and
-  Square's `queries`) count what it spent on them; `fooled_first` is the
-  number of examples it was the first in the list to fool (with or without
-  the cascade).
-- `accuracy_by_run`, `reevaluation_mismatches`, `max_perturbation` and
-  `within_bounds` are over the examples it attacked.
-- The sanity checks that compare attacks (`deat_tf.sanity_checks`) compare a
-  later attack with the survivors of the earlier ones.
-
-`run(..., return_images=True)` also returns the adversarial images: per
-example the image of the first attack that fooled it (AutoAttack's x_adv), the
-clean image where none did.
-
-What the report holds (`AttackSuite.run` returns it, `write_report` writes it
-as JSON): per attack the accuracy, the accuracy after each run (restart, or
-target x restart for apgd-t and fab-t), the time, the examples attacked, the
-input-gradient evaluations and queries spent and the largest perturbation
-found; the worst-case robust accuracy; and the checks of
-`deat_tf.sanity_checks`, each with `passed` and a message, failures also in
-`warnings`.
-
-Design choices:
-
-- The network is called with `training=False` (BatchNorm moving statistics,
-  no dropout), as everywhere in `attacks.py`.
-- Accuracy under an attack comes from running the network again on the images
-  the attack returns, not from the attack's own bookkeeping.
-- Each example's random draws come from the stateless seed (s + run, example
-  index), where s is the attack's own seed (`attack_seed`: the suite's seed
-  moved to a stream keyed on the attack's name), so every attack draws its
-  own starts, as AutoAttack does, and APGD-T a new one per target: the starts
-  of PGD (`attacks.example_starts`), APGD (`apgd.example_starts`), FAB's
-  restarts (`fab.restart_starts`) and Square's windows
-  (`square.restart_seeds`). Every attack loss is per example, so results do
-  not depend on the batch size, the batch order, the number of replicas or
-  which other examples the cascade attacks: a `MirroredStrategy` run gives the
-  single-device numbers.
-- Under a strategy each attack is one `strategy.run` per global batch; the
-  per-example results of the replicas are gathered on the host by index. The
-  model's variables must be created under the strategy's scope
-  (`load_classifier(path, strategy)` does; `check_model_strategy`).
-"""
-
+import dataclasses
 import functools
 import time
 import zlib
@@ -74,26 +8,17 @@ import zlib
 import numpy as np
 import tensorflow as tf
 
-from deat_tf import apgd, attacks, checks, fab, losses, square
-from deat_tf.attack_names import (  # noqa: F401 - ATTACK_NAMES_HELP is part of this module's API
-    ATTACK_NAMES_HELP,
-    GRADIENT_METHODS,
-    ITERATIVE_METHODS,
-    AttackSpec,
-    parse_attacks,
-)
-from deat_tf.evaluation_inputs import (  # noqa: F401 - part of this module's API
+from deat_tf import checks, losses
+from deat_tf.attacks import kind_of, parse_attacks
+from deat_tf.attacks.kinds import with_clean_first
+from deat_tf.evaluation.checks import BOUND_TOLERANCE, check_report
+from deat_tf.evaluation.inputs import (
     EvaluationData,
     check_model_outputs,
     check_model_strategy,
     from_arrays,
-    load_classifier,
-    load_data,
     model_functions,
 )
-from deat_tf.reports import format_table, write_report  # noqa: F401 - part of this module's API
-from deat_tf.sanity_checks import BOUND_TOLERANCE
-from deat_tf.sanity_checks import check_report as sanity_checks
 
 OUTPUTS = ("logits", "probabilities")
 # The larger PGD budget first and FGSM last: see the presets in deat_tf.cli.
@@ -141,11 +66,8 @@ class AttackSuite:
         self.epsilon = checks.check_epsilon(epsilon)
         if isinstance(attacks, str):
             attacks = parse_attacks(attacks, restarts=restarts, step_size=step_size)
-        specs = [spec.with_default_step(self.epsilon) for spec in attacks]
-        if not any(spec.method == "clean" for spec in specs):
-            specs = [AttackSpec("clean", "clean")] + specs
         # The clean pass comes first: it decides which examples the cascade attacks.
-        self.specs = sorted(specs, key=lambda spec: spec.method != "clean")
+        self.specs = with_clean_first(spec.with_default_step(self.epsilon) for spec in attacks)
         self.seed = checks.check_count(seed, "seed", 0)
         self.batch_size = checks.check_count(batch_size, "batch_size", 1)
         self.outputs = checks.check_choice(outputs, OUTPUTS, "outputs")
@@ -182,6 +104,9 @@ class AttackSuite:
     def run(self, model, data, strategy=None, progress=None, num_classes=None, return_images=False):
         """Runs every attack over the data and returns the report (a JSON-ready dict).
 
+        Three steps: the clean pass over every example, one pass per attack (under
+        the cascade on the examples still robust), then the report and its checks.
+
         Args:
             model: Keras classifier (called with training=False) or callable, on
                 images in [0, 1].
@@ -208,88 +133,104 @@ class AttackSuite:
         if num_classes is None:
             num_classes = check_model_outputs(model, data, self.outputs)
         check_model_strategy(model, strategy)
+        run = _Run(
+            suite=self,
+            data=data,
+            strategy=strategy,
+            progress=progress or (lambda line: None),
+            num_classes=num_classes,
+            return_images=return_images,
+            started=time.perf_counter(),
+        )
         raw_fn, logits_fn = model_functions(model, self.outputs)
-        progress = progress or (lambda line: None)
+        self._clean_pass(run, raw_fn, logits_fn)
+        for position, spec in enumerate(self.specs[1:], 2):
+            self._attack_pass(run, spec, logits_fn, position)
+        report = self._report(run)
+        return (report, run.images) if return_images else report
 
-        results = []
-        started = time.perf_counter()
-        # Per example: correct on the clean input and under every attack so far.
-        robust = None
-        # Per attack: the examples correct on the clean input that it fooled.
-        victims = {}
-        images = None
-        for position, spec in enumerate(self.specs):
-            label = f"[{position + 1}/{len(self.specs)}] {spec.name}"
-            if spec.method == "clean":
-                replica_fn = _clean_step(raw_fn, logits_fn, self.outputs, return_images)
-                attacked = None
-            else:
-                replica_fn = _attack_step(
-                    spec, logits_fn, self.epsilon, self.seed, num_classes, return_images
-                )
-                attacked = robust if self.cascade else None
-            if self.jit_compile and spec.method != "square":
-                replica_fn = tf.function(replica_fn, jit_compile=True, autograph=False)
-            if attacked is not None and not attacked.any():
-                arrays, seconds = None, 0.0
-            else:
-                distributed = strategy.experimental_distribute_dataset(
-                    self._batches(data, attacked, strategy.num_replicas_in_sync)
-                )
-                size = data.size if attacked is None else int(attacked.sum())
-                arrays, seconds = _run_pass(
-                    strategy, distributed, replica_fn, label, size, progress
-                )
+    def _pass(self, run, spec, replica_fn, position, attacked):
+        """Runs one pass over the data (or the `attacked` examples): per-example arrays, seconds."""
+        if self.jit_compile and spec.kind.xla:
+            replica_fn = tf.function(replica_fn, jit_compile=True, autograph=False)
+        if attacked is not None and not attacked.any():
+            return None, 0.0
+        replicas = run.strategy.num_replicas_in_sync
+        distributed = run.strategy.experimental_distribute_dataset(
+            self._batches(run.data, attacked, replicas)
+        )
+        size = run.data.size if attacked is None else int(attacked.sum())
+        label = f"[{position}/{len(self.specs)}] {spec.name}"
+        return _run_pass(run.strategy, distributed, replica_fn, label, size, run.progress)
 
-            if spec.method == "clean":
-                clean = arrays
-                examples = int(clean["correct"].shape[0])
-                robust = clean["correct"].copy()
-                if return_images:
-                    images = clean.pop("x_adv")
-                results.append(_attack_result(spec, clean, seconds, self, num_classes, examples))
-            else:
-                correct = np.zeros(examples, bool)
-                fooled = np.zeros(examples, bool)
-                if arrays is not None:
-                    correct[arrays["index"]] = arrays["correct"]
-                    fooled[arrays["index"]] = ~arrays["correct"]
-                victims[spec.name] = fooled & clean["correct"]
-                first = fooled & robust
-                if return_images and first.any():
-                    where = np.flatnonzero(first[arrays["index"]])
-                    images[arrays["index"][where]] = arrays.pop("x_adv")[where]
-                robust &= ~fooled
-                result = _attack_result(spec, arrays, seconds, self, num_classes, examples)
-                # Under the cascade an attack's accuracy is the robust accuracy so
-                # far; without it, the accuracy of this attack alone.
-                result["correct"] = int(robust.sum() if self.cascade else correct.sum())
-                result["accuracy"] = result["correct"] / examples
-                result["fooled_first"] = int(first.sum())
-                results.append(result)
-            progress(
-                f"{label}: accuracy {100 * results[-1]['accuracy']:.2f}% "
-                f"({results[-1]['correct']}/{results[-1]['examples']}"
-                + (f", {results[-1]['attacked']} attacked" if attacked is not None else "")
-                + f") in {seconds:.1f} s"
-            )
+    def _clean_pass(self, run, raw_fn, logits_fn):
+        """Step 1: every example, unattacked; it sets what the cascade attacks."""
+        spec = self.specs[0]
+        replica_fn = _clean_step(raw_fn, logits_fn, self.outputs, run.return_images)
+        arrays, seconds = self._pass(run, spec, replica_fn, 1, None)
+        run.clean = arrays
+        run.examples = int(arrays["correct"].shape[0])
+        run.robust = arrays["correct"].copy()
+        if run.return_images:
+            run.images = arrays.pop("x_adv")
+        result = _attack_result(spec, arrays, seconds, self, run.num_classes, run.examples)
+        run.results.append(result)
+        self._report_progress(run, spec, 1, result, seconds, attacked=None)
 
-        self._compare_with_gradient_attacks(results, victims)
+    def _attack_pass(self, run, spec, logits_fn, position):
+        """Step 2, once per attack: the examples still robust (all without the cascade)."""
+        replica_fn = _attack_step(
+            spec, logits_fn, self.epsilon, self.seed, run.num_classes, run.return_images
+        )
+        attacked = run.robust if self.cascade else None
+        arrays, seconds = self._pass(run, spec, replica_fn, position, attacked)
+        correct = np.zeros(run.examples, bool)
+        fooled = np.zeros(run.examples, bool)
+        if arrays is not None:
+            correct[arrays["index"]] = arrays["correct"]
+            fooled[arrays["index"]] = ~arrays["correct"]
+        run.victims[spec.name] = fooled & run.clean["correct"]
+        first = fooled & run.robust
+        if run.return_images and first.any():
+            where = np.flatnonzero(first[arrays["index"]])
+            run.images[arrays["index"][where]] = arrays.pop("x_adv")[where]
+        run.robust &= ~fooled
+        result = _attack_result(spec, arrays, seconds, self, run.num_classes, run.examples)
+        # Under the cascade an attack's accuracy is the robust accuracy so far;
+        # without it, the accuracy of this attack alone.
+        result["correct"] = int(run.robust.sum() if self.cascade else correct.sum())
+        result["accuracy"] = result["correct"] / run.examples
+        result["fooled_first"] = int(first.sum())
+        run.results.append(result)
+        self._report_progress(run, spec, position, result, seconds, attacked)
+
+    def _report_progress(self, run, spec, position, result, seconds, attacked):
+        run.progress(
+            f"[{position}/{len(self.specs)}] {spec.name}: accuracy {100 * result['accuracy']:.2f}% "
+            f"({result['correct']}/{result['examples']}"
+            + (f", {result['attacked']} attacked" if attacked is not None else "")
+            + f") in {seconds:.1f} s"
+        )
+
+    def _report(self, run):
+        """Step 3: the report of the passes, with the comparisons and checks."""
+        results, clean, robust = run.results, run.clean, run.robust
+        self._compare_with_gradient_attacks(results, run.victims)
         report = {
             "epsilon": self.epsilon,
             "seed": self.seed,
             "batch_size": self.batch_size,
             "outputs": self.outputs,
-            "replicas": int(strategy.num_replicas_in_sync),
+            "replicas": int(run.strategy.num_replicas_in_sync),
             "cascade": self.cascade,
-            "examples": examples,
-            "num_classes": num_classes,
+            "examples": run.examples,
+            "num_classes": run.num_classes,
             "clean_accuracy": float(clean["correct"].mean()),
             "robust_accuracy": float(robust.mean()),
             "robust_correct": int(robust.sum()),
             "robust_over": [spec.name for spec in self.specs],
             "attacks": results,
-            "total_seconds": round(time.perf_counter() - started, 3),
+            "total_seconds": round(time.perf_counter() - run.started, 3),
             "total_gradient_evaluations": int(
                 sum(result["gradient_evaluations"] for result in results)
             ),
@@ -300,11 +241,11 @@ class AttackSuite:
             },
             "outputs_look_like_probabilities": bool(clean["probability_like"].all()),
         }
-        report["checks"] = sanity_checks(report, self.specs)
+        report["checks"] = check_report(report, self.specs)
         report["warnings"] = [
             check["message"] for check in report["checks"] if check["passed"] is False
         ]
-        return (report, images) if return_images else report
+        return report
 
     def _compare_with_gradient_attacks(self, results, victims):
         """Adds to the FGSM and Square results the examples they alone fooled.
@@ -312,24 +253,49 @@ class AttackSuite:
         `fooled_beyond_gradient_attacks` counts the examples the attack fooled
         that every gradient-based attack in `compared_with` left correct: all of
         them without the cascade, those that ran before it under the cascade
-        (the later ones never saw its victims). FGSM is compared with the
-        iterative attacks only. The masking checks of `sanity_checks` read them.
+        (the later ones never saw its victims). FGSM (gradient-based, not
+        iterative) is compared with the iterative attacks only, Square (not
+        gradient-based) with every gradient-based one. The masking checks of
+        `sanity_checks` read them.
         """
         for position, result in enumerate(results):
-            if result["method"] not in ("fgsm", "square"):
+            kind = kind_of(result["method"])
+            if kind.iterative or kind.is_clean:
                 continue
-            methods = GRADIENT_METHODS if result["method"] == "square" else ITERATIVE_METHODS
             candidates = results[:position] if self.cascade else results
-            compared = [
-                other["name"]
-                for other in candidates
-                if other["method"] in methods and other is not result
-            ]
+            compared = []
+            for other in candidates:
+                other_kind = kind_of(other["method"])
+                if other is not result and (
+                    other_kind.iterative if kind.gradient_based else other_kind.gradient_based
+                ):
+                    compared.append(other["name"])
             beyond = victims[result["name"]].copy()
             for name in compared:
                 beyond &= ~victims[name]
             result["compared_with"] = compared
             result["fooled_beyond_gradient_attacks"] = int(beyond.sum())
+
+
+@dataclasses.dataclass
+class _Run:
+    """One `AttackSuite.run`: its inputs and what the passes have found so far."""
+
+    suite: AttackSuite
+    data: EvaluationData
+    strategy: tf.distribute.Strategy
+    progress: object
+    num_classes: int
+    return_images: bool
+    started: float
+    results: list = dataclasses.field(default_factory=list)
+    clean: dict | None = None
+    examples: int = 0
+    # Per example: correct on the clean input and under every attack so far.
+    robust: np.ndarray | None = None
+    # Per attack: the examples correct on the clean input that it fooled.
+    victims: dict = dataclasses.field(default_factory=dict)
+    images: np.ndarray | None = None
 
 
 def evaluate(
@@ -447,76 +413,15 @@ def attack_seed(seed, name):
     return int(seed) + zlib.crc32(name.lower().encode()) * 2**20
 
 
-def _search(spec, logits_fn, x, y, epsilon, seed, indices, num_classes):
-    """What `attacks.strongest_attack` needs for an attack spec.
-
-    Returns:
-        (loop, start, targets or None, whether the loop returns a query count,
-        whether every target draws its own starts).
-    """
-    seed = attack_seed(seed, spec.name)
-    if spec.method == "square":
-        seeds = tf.stack(
-            [tf.fill(tf.shape(indices), tf.cast(seed, tf.int64)), tf.cast(indices, tf.int64)],
-            axis=1,
-        )
-
-        def loop(restart_seeds, _):
-            return square.square_loop(logits_fn, x, y, epsilon, spec.steps, restart_seeds)
-
-        return loop, square.restart_seeds(seeds), None, True, False
-
-    targets = None
-    if spec.targets(num_classes):
-        targets = losses.top_wrong_classes(logits_fn(x), y, spec.targets(num_classes))
-    if spec.method in ("fab", "fab-t"):
-
-        def loop(x_start, target_labels):
-            return fab.fab_loop(logits_fn, x, y, target_labels, epsilon, spec.steps, x_start)
-
-        return loop, fab.restart_starts(x, epsilon, seed, indices), targets, False, False
-
-    if spec.method == "pgd":
-        start = attacks.example_starts(x, epsilon, seed, indices)
-
-        def loop(x_start, _):
-            return attacks.pgd_search(
-                logits_fn, x, y, x_start, epsilon, spec.step_size, spec.steps, spec.loss
-            )
-
-        return loop, start, None, False, False
-
-    def loop(x_start, target_labels):
-        return apgd.apgd_loop(
-            logits_fn, x, y, x_start, epsilon, spec.steps, spec.loss, target_labels
-        )
-
-    # AutoAttack's APGD-T draws a new start for every target.
-    start = apgd.example_starts(x, epsilon, seed, indices)
-    return loop, start, targets, False, True
-
-
 def _attack_step(spec, logits_fn, epsilon, seed, num_classes, return_images=False):
-    """Per-replica step of one attack: adversarial images and what they achieve."""
+    """Per-replica step of one attack (its kinds row's `run`): images and what they achieve."""
+    seed = attack_seed(seed, spec.name)
 
     def step(indices, images, labels):
         x = tf.cast(images, tf.float32)
         y = tf.cast(labels, tf.int32)
-        queries = tf.zeros([tf.shape(x)[0]], tf.int32)
-        if spec.method == "fgsm":
-            x_adv = attacks.fgsm(logits_fn, x, y, epsilon, spec.step_size, spec.loss)
-            history = attacks.misclassified(logits_fn(x_adv), y)[None]
-        else:
-            loop, start, targets, counts, fresh_starts = _search(
-                spec, logits_fn, x, y, epsilon, seed, indices, num_classes
-            )
-            outcome = attacks.strongest_attack(
-                loop, start, x, spec.restarts, targets, counts, fresh_starts
-            )
-            x_adv, history = outcome[0], outcome[3]
-            if counts:
-                queries = outcome[4]
-        x_adv = tf.stop_gradient(x_adv)
+        outcome = spec.kind.run(spec, logits_fn, x, y, epsilon, seed, indices, num_classes)
+        x_adv = tf.stop_gradient(outcome.images)
         axes = list(range(1, x.shape.rank))
         result = {
             "index": indices,
@@ -524,8 +429,8 @@ def _attack_step(spec, logits_fn, epsilon, seed, num_classes, return_images=Fals
             "deviation": tf.reduce_max(tf.abs(x_adv - x), axis=axes),
             "lowest": tf.reduce_min(x_adv, axis=axes),
             "highest": tf.reduce_max(x_adv, axis=axes),
-            "fooled_by_run": tf.transpose(history),
-            "queries": queries,
+            "fooled_by_run": tf.transpose(outcome.fooled_by_run),
+            "queries": outcome.queries,
         }
         if return_images:
             result["x_adv"] = x_adv
@@ -631,20 +536,3 @@ def _attack_result(spec, arrays, seconds, suite, num_classes, examples):
             and highest <= 1.0 + BOUND_TOLERANCE
         ),
     }
-
-
-__all__ = [
-    "AttackSpec",
-    "AttackSuite",
-    "EvaluationData",
-    "check_model_outputs",
-    "check_model_strategy",
-    "evaluate",
-    "format_table",
-    "from_arrays",
-    "load_classifier",
-    "load_data",
-    "parse_attacks",
-    "sanity_checks",
-    "write_report",
-]
