@@ -1,4 +1,4 @@
-"""Checkpoints inside an epoch, and the stop on a signal (`deat_tf.preemption`).
+"""The run's checkpoints (`Checkpoints`: last, partial, best) and the ones inside an epoch.
 
 An epoch of the ImageNet recipe lasts about 1.5 hours; with checkpoints at
 epoch ends only, a preemption costs up to that much. `EpochProgress` writes
@@ -19,6 +19,7 @@ M+ rule sums.
 """
 
 import math
+import os
 import time
 
 import keras
@@ -77,7 +78,7 @@ class EpochProgress(keras.callbacks.Callback):
     checkpoint instead.
 
     Args:
-        checkpoints: The run's `workdir.Checkpoints` (its `partial` manager).
+        checkpoints: The run's `Checkpoints` (its `partial` manager).
         state: The `workdir.RunState` saved with them.
         summary_path: summary.json's path (for the message of a failed write).
         steps_per_epoch: Minibatches per epoch.
@@ -179,3 +180,115 @@ class EpochProgress(keras.callbacks.Callback):
         self.saved.append((self.epoch + 1, self.position))
         if self.say is not None:
             self.say(f"deat_tf: checkpoint at epoch {self.epoch + 1}, minibatch {self.position}")
+
+
+class Checkpoints:
+    """The run's checkpoints: checkpoints/last (epoch ends), partial (inside epochs), best.
+
+    Each holds the model (with the M+ state in its variables), the optimizer
+    with its slots, the `RunState` and, for FREE's carried perturbation, its
+    buffer. Two of each are kept, so that a truncated or corrupted latest
+    checkpoint falls back to the one before. `last` and `best` are numbered
+    by epoch, `partial` by minibatches trained (`deat_tf.checkpoints`).
+    `tf.train.CheckpointManager` writes atomically (data first, then the index
+    of checkpoints). Keras' `BackupAndRestore` saves weights and the epoch
+    only, not the history or the best epoch this run needs, and
+    `ModelCheckpoint` monitors one value where the best epoch is chosen on
+    two (robust, then clean accuracy).
+
+    Args:
+        directory: The folder receiving last/, partial/ and best/.
+        model: The `AdversarialModel` (compiled, optimizer built).
+        state: The `RunState`.
+        extra: Other trackables to save, by name (e.g. the carried perturbation).
+        restore_directory: Where `restore_latest` looks (default `directory`): a
+            worker that is not the chief saves apart but resumes from the chief's.
+        steps_per_epoch: Minibatches per epoch, to order `partial` checkpoints
+            among `last` ones (None: no partial checkpoints are read).
+    """
+
+    def __init__(
+        self, directory, model, state, extra=None, restore_directory=None, steps_per_epoch=None
+    ):
+        self.checkpoint = tf.train.Checkpoint(
+            model=model, optimizer=model.optimizer, run=state, **(extra or {})
+        )
+        self.restore_root = restore_directory or directory
+        self.steps_per_epoch = steps_per_epoch
+        for name in ("last", "partial", "best"):
+            manager = tf.train.CheckpointManager(
+                self.checkpoint, os.path.join(directory, name), max_to_keep=2
+            )
+            setattr(self, name, manager)
+
+    def _stored(self, name):
+        """The checkpoint paths of last/partial/best in the restore folder, oldest first."""
+        manager = getattr(self, name)
+        folder = os.path.join(self.restore_root, name)
+        if folder == manager.directory:
+            return list(manager.checkpoints)
+        listed = tf.train.get_checkpoint_state(folder)
+        return list(listed.all_model_checkpoint_paths) if listed else []
+
+    def restore_latest(self, warn=print):
+        """Restores the newest readable checkpoint; returns its path or None.
+
+        The newest position comes first, whether an epoch end (last) or a
+        minibatch inside an epoch (partial); when none of those can be read,
+        the best checkpoints are tried, and the epochs after the one restored
+        are trained again.
+
+        Args:
+            warn: Callable receiving a warning line when a checkpoint is skipped.
+
+        Raises:
+            ValueError: If checkpoints exist and none of them can be read.
+        """
+        last = self._stored("last")
+        if self.steps_per_epoch:
+            # Positions in minibatches: epoch E ends at E * steps_per_epoch.
+            positioned = [(_number(path) * self.steps_per_epoch, path) for path in last]
+            positioned += [(_number(path), path) for path in self._stored("partial")]
+            ordered = [path for _, path in sorted(positioned, key=lambda item: -item[0])]
+        else:
+            ordered = list(reversed(last))
+        best = list(reversed(self._stored("best")))
+        candidates = ordered + best
+        for index, path in enumerate(candidates):
+            try:
+                self.checkpoint.restore(path).assert_existing_objects_matched()
+            # A truncated file fails in the reader in several ways (OpError,
+            # IndexError, ValueError); any failure means: try the previous one.
+            except Exception as error:  # noqa: BLE001
+                following = candidates[index + 1] if index + 1 < len(candidates) else None
+                if following is None:
+                    then = "no older one left."
+                elif following in best and path not in best:
+                    then = (
+                        f"none of the latest is readable: falling back to the best checkpoint "
+                        f"{following} (the epochs after it are trained again)."
+                    )
+                else:
+                    then = f"falling back to {following}."
+                reason = workdir_lib.first_line(error)
+                warn(f"warning: checkpoint {path} is unreadable ({reason}); {then}")
+                continue
+            return path
+        if candidates:
+            raise ValueError(
+                f"no readable checkpoint in {self.restore_root} (last, partial or best); "
+                "restore the folder from a backup, or start the run over with --restart."
+            )
+        return None
+
+    def best_checkpoint(self, epoch):
+        """The path of the `best` checkpoint saved at `epoch` (counted from 1), or None."""
+        for path in self.best.checkpoints:
+            if path.endswith(f"-{epoch}"):
+                return path
+        return None
+
+
+def _number(path):
+    """The number N of a checkpoint path ending in ckpt-N."""
+    return int(path.rsplit("-", 1)[1])

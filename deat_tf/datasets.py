@@ -36,12 +36,12 @@ the training element order fixed. Evaluation pipelines always keep their order.
 import dataclasses
 import os
 import socket
-import zipfile
 
 import numpy as np
 import tensorflow as tf
 
-from deat_tf import checks, preprocessing, streams
+from deat_tf import checks, npz_files, preprocessing, streams
+from deat_tf.npz_files import error_text
 
 MNIST_SAMPLE_PATH = os.path.join(os.path.dirname(__file__), "data", "mnist-10k.npz")
 
@@ -57,10 +57,6 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 AUGMENTATIONS = ("auto",) + preprocessing.AUGMENTATIONS
-ARRAY_KEYS = ("x_train", "y_train", "x_test", "y_test")
-# First bytes of a zip archive (what numpy.savez writes) and of a single .npy array.
-_ZIP_MAGIC = b"PK"
-_NPY_MAGIC = b"\x93NUMPY"
 IMAGENET_MANUAL_FILES = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")
 
 
@@ -265,15 +261,15 @@ def _tfds_error(name, action, error, data_dir=None):
         package = getattr(missing, "name", None) or "a package"
         return (
             f"tensorflow-datasets cannot {action} {name}{where}: the Python package {package} "
-            f"is not installed ({_error_text(missing)}); install it (pip install {package}), "
+            f"is not installed ({error_text(missing)}); install it (pip install {package}), "
             "or reinstall deat_tf (pip install -e .), which requires it."
         )
     if _is_network_error(error):
         return (
-            f"could not {action} {name}{where}: the download failed ({_error_text(error)}); "
+            f"could not {action} {name}{where}: the download failed ({error_text(error)}); "
             "check network access, or prepare it on another machine and pass --data_dir."
         )
-    return f"could not {action} {name}{where} ({_error_text(error)})."
+    return f"could not {action} {name}{where} ({error_text(error)})."
 
 
 def _cause(error, kind):
@@ -397,95 +393,9 @@ def _is_prepared(builder):
     return builder.is_prepared()
 
 
-def _read_npz(path, keys):
-    """Reads `keys` from a .npz file, with one-line errors naming the file and the array.
-
-    Nothing is unpickled (allow_pickle stays False), and files that are not a
-    zip archive are refused by their first bytes, before numpy would suggest
-    loading them "unsafely".
-    """
-    if os.path.isdir(path):
-        raise ValueError(f"npz file {path} is a folder; pass dataset=npz:PATH to a .npz file.")
-    if not os.path.isfile(path):
-        raise ValueError(
-            f"npz file {path} does not exist; pass dataset=npz:PATH to an existing file."
-        )
-    try:
-        with open(path, "rb") as stream:
-            start = stream.read(len(_NPY_MAGIC))
-    except OSError as error:
-        raise ValueError(f"cannot read npz file {path} ({error.strerror or error}).") from error
-    if start.startswith(_NPY_MAGIC):
-        raise ValueError(
-            f"npz file {path} is a single .npy array, not a .npz archive; save the arrays "
-            f"{', '.join(keys)} together with numpy.savez(path, x_train=..., ...)."
-        )
-    if not start.startswith(_ZIP_MAGIC):
-        raise ValueError(
-            f"npz file {path} is not a .npz archive (a .npz is a zip file written by "
-            f"numpy.savez holding {', '.join(keys)}); its first bytes are {start[:8]!r}."
-        )
-    try:
-        with np.load(path, allow_pickle=False) as stored:
-            missing = [key for key in keys if key not in stored.files]
-            if missing:
-                raise ValueError(
-                    f"npz file {path} has no {', '.join(missing)}; it needs arrays "
-                    f"{', '.join(keys)} (images [N, H, W(, C)], integer labels [N])."
-                )
-            return {key: _read_npz_array(stored, key, path) for key in keys}
-    except (OSError, EOFError, zipfile.BadZipFile) as error:
-        raise ValueError(
-            f"npz file {path} is damaged or truncated ({_error_text(error)}); write it again "
-            "with numpy.savez."
-        ) from error
-
-
-def _read_npz_array(stored, key, path):
-    try:
-        return stored[key]
-    except ValueError as error:
-        # numpy refuses object arrays without allow_pickle; that is a wrong file, not a hint
-        # to unpickle it.
-        if "allow_pickle" in str(error) or "pickled" in str(error):
-            raise ValueError(
-                f"npz file {path} array {key} holds Python objects, not numbers; store it as "
-                "a numeric numpy array (deat_tf never unpickles data)."
-            ) from None
-        raise ValueError(f"npz file {path} array {key} is unreadable ({error}).") from error
-    except (OSError, EOFError, zipfile.BadZipFile) as error:
-        raise ValueError(
-            f"npz file {path} array {key} is damaged or truncated ({_error_text(error)}); "
-            "write the file again with numpy.savez."
-        ) from error
-
-
-def _error_text(error):
-    text = str(error).strip()
-    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
-
-
 def _load_npz(path):
-    """Reads and checks a users' .npz file; returns (arrays, spec).
-
-    The number of classes is max(y_train) + 1, so every class below it must have
-    training examples and every test label must be one of them: a stray label
-    (1000 among digits) would otherwise silently widen the network.
-    """
-    arrays = _read_npz(path, ARRAY_KEYS)
-    for part in ("train", "test"):
-        arrays[f"x_{part}"], arrays[f"y_{part}"] = checks.check_image_arrays(
-            arrays[f"x_{part}"],
-            arrays[f"y_{part}"],
-            f"npz file {path}",
-            array_names=(f"x_{part}", f"y_{part}"),
-        )
-    if arrays["x_train"].shape[1:] != arrays["x_test"].shape[1:]:
-        raise ValueError(
-            f"npz file {path} x_train and x_test images differ in shape: "
-            f"{arrays['x_train'].shape[1:]} vs {arrays['x_test'].shape[1:]}."
-        )
-    num_classes = _check_npz_classes(arrays["y_train"], arrays["y_test"], path)
+    """Reads and checks a users' .npz file; returns (arrays, spec)."""
+    arrays, num_classes = npz_files.load_arrays(path)
     scale = 255.0 if arrays["x_train"].dtype == np.uint8 else 1.0
     pixels = arrays["x_train"].reshape(-1, arrays["x_train"].shape[-1]).astype(np.float64) / scale
     std = np.maximum(pixels.std(axis=0), 1e-3)
@@ -499,32 +409,6 @@ def _load_npz(path):
         test_examples=int(arrays["x_test"].shape[0]),
     )
     return arrays, spec
-
-
-def _check_npz_classes(train_labels, test_labels, path):
-    """The number of classes of an npz file's labels, which must be 0..K-1, all trained on."""
-    # np.unique, not np.bincount: a stray label of 10**9 must not allocate 10**9 counters.
-    classes = np.unique(train_labels)
-    count = int(classes[-1]) + 1
-    if classes.size < count:
-        # classes is sorted and distinct, so the first position i not holding i is absent.
-        first_absent = int(np.argmax(classes != np.arange(classes.size)))
-        absent = count - classes.size
-        raise ValueError(
-            f"npz file {path} y_train has labels up to {count - 1} but no example of {absent} "
-            f"class{'es' if absent > 1 else ''} below it (the first is {first_absent}); labels "
-            "must be 0..K-1 with every class in the training split (the network gets "
-            "max label + 1 outputs)."
-        )
-    unseen = np.unique(test_labels[test_labels >= count])
-    if unseen.size:
-        shown = ", ".join(str(v) for v in unseen[:5]) + (", ..." if unseen.size > 5 else "")
-        raise ValueError(
-            f"npz file {path} y_test has label{'s' if unseen.size > 1 else ''} {shown} that "
-            f"y_train never has (its classes are 0..{count - 1}); a class without training "
-            "examples cannot be learnt or tested."
-        )
-    return count
 
 
 def _mnist_sample_arrays(path=MNIST_SAMPLE_PATH):
@@ -587,6 +471,31 @@ def _slice(split):
     inside = split[split.index("[") + 1 : -1]
     low, high = inside.split(":")
     return slice(int(low) if low else None, int(high) if high else None)
+
+
+def epoch_steps(spec, validation_size, batch_size, steps_per_epoch=None):
+    """Minibatches per epoch, after checking that the validation split leaves a full batch.
+
+    The one place the epoch length is computed: the optimizer's schedule needs
+    it before the pipelines exist, and the pipelines cut their epochs by it.
+
+    Args:
+        spec: The dataset's `DatasetSpec` (its `train_examples`).
+        validation_size: Examples carved for validation, >= 1.
+        batch_size: Global batch size.
+        steps_per_epoch: A requested epoch length, or None for every full batch
+            of the training examples left after carving the validation split.
+
+    Returns:
+        The number of minibatches per epoch, >= 1.
+
+    Raises:
+        ValueError: Naming validation_size, batch_size or steps_per_epoch.
+    """
+    check_sizes(spec, validation_size, batch_size)
+    if steps_per_epoch is None:
+        steps_per_epoch = (spec.train_examples - validation_size) // batch_size
+    return checks.check_count(steps_per_epoch, "steps_per_epoch", 1)
 
 
 def check_sizes(spec, validation_size, batch_size):
@@ -699,7 +608,7 @@ def get_pipelines(
     checks.check_count(train_evaluation_examples, "train_evaluation_examples", 0)
     dataset_spec = describe(name)
     augmentation, image_size, spec = resolve_augmentation(dataset_spec, augmentation, image_size)
-    check_sizes(dataset_spec, validation_size, batch_size)
+    steps_per_epoch = epoch_steps(dataset_spec, validation_size, batch_size, steps_per_epoch)
     if parse_name(name)[0] == "tfds":
         _download_and_prepare(name, data_dir, manual_dir, download)
     evaluation_batch_size = evaluation_batch_size or batch_size
@@ -713,16 +622,6 @@ def get_pipelines(
     validation_source, _ = source(f"train[-{validation_size}:]")
     if epochs is not None:
         checks.check_count(epochs, "epochs", 1)
-    if steps_per_epoch is None:
-        # TFDS knows its split sizes once prepared; mocked data does not, and the
-        # table's size then stands in (the mocked examples repeat within an epoch).
-        known = (
-            train_examples
-            if train_examples is not None
-            else (dataset_spec.train_examples - validation_size)
-        )
-        steps_per_epoch = known // batch_size
-    checks.check_count(steps_per_epoch, "steps_per_epoch", 1)
     # Decoded 28x28 and 32x32 datasets fit in memory; ImageNet streams from disk
     # (10,000 decoded 224x224 validation images alone would take 6 GB).
     cache = name != "imagenet2012"
@@ -787,7 +686,7 @@ def evaluation_split(
         checks.check_count(n_examples, "n_examples", 1)
     kind, path = parse_name(name)
     if kind == "npz":
-        arrays = _read_npz(path, ("x_test", "y_test"))
+        arrays = npz_files.read_arrays(path, ("x_test", "y_test"))
         images, labels = checks.check_image_arrays(
             arrays["x_test"], arrays["y_test"], f"npz file {path}", array_names=("x_test", "y_test")
         )

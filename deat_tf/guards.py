@@ -27,8 +27,9 @@ import numpy as np
 # A collapsed network predicts (almost) the class frequencies: its loss is
 # within this fraction of ln(classes).
 COLLAPSE_LOSS_TOLERANCE = 0.03
-# ... and its accuracy is at most this multiple of chance.
-COLLAPSE_ACCURACY_FACTOR = 1.5
+# ... and its accuracy is at most this multiple of chance (`chance_level`): an
+# accuracy up to there is no better than chance, here and in the epoch lines.
+CHANCE_LEVEL_FACTOR = 1.5
 # The model "had been better" when an earlier epoch's accuracy exceeded this
 # multiple of chance.
 BETTER_ACCURACY_FACTOR = 2.0
@@ -42,6 +43,18 @@ OVERFIT_MINIMUM_BEST = 0.1
 
 class TrainingStopped(RuntimeError):
     """Training ended on a guard: the message says why, where, and what was kept."""
+
+
+def chance_level(num_classes):
+    """The accuracy up to which a classifier of `num_classes` classes is no better than chance.
+
+    Args:
+        num_classes: Number of classes (at least 1 is assumed).
+
+    Returns:
+        `CHANCE_LEVEL_FACTOR` / num_classes.
+    """
+    return CHANCE_LEVEL_FACTOR / max(int(num_classes), 1)
 
 
 def _accuracy(record):
@@ -70,10 +83,9 @@ def detect_collapse(records, num_classes):
     loss, accuracy = last.get("loss"), _accuracy(last)
     if loss is None or accuracy is None or not math.isfinite(loss):
         return None
-    at_chance = (
-        abs(loss - chance_loss) <= COLLAPSE_LOSS_TOLERANCE * chance_loss
-        and accuracy <= COLLAPSE_ACCURACY_FACTOR * chance
-    )
+    at_chance = abs(
+        loss - chance_loss
+    ) <= COLLAPSE_LOSS_TOLERANCE * chance_loss and accuracy <= chance_level(num_classes)
     if not at_chance:
         return None
     earlier = [_accuracy(record) for record in records[:-1]]

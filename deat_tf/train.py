@@ -288,12 +288,10 @@ def input_plan(config):
     """
     spec = datasets.describe(config.dataset)
     _, _, input_spec = datasets.resolve_augmentation(spec, config.augmentation, config.image_size)
-    # The optimizer's schedule needs the epoch length before the pipelines exist.
-    datasets.check_sizes(spec, config.validation_size, config.batch_size)
-    steps_per_epoch = config.steps_per_epoch or (
-        (spec.train_examples - config.validation_size) // config.batch_size
+    steps_per_epoch = datasets.epoch_steps(
+        spec, config.validation_size, config.batch_size, config.steps_per_epoch or None
     )
-    return input_spec, checks.check_count(steps_per_epoch, "steps_per_epoch", 1)
+    return input_spec, steps_per_epoch
 
 
 def build_model(config, input_spec, steps_per_epoch):
@@ -672,7 +670,7 @@ def _checkpoints(run, state, outputs):
                 run.config.batch_size, run.pipelines.spec.image_shape
             )
             extra["carried_perturbation"] = model.carried_perturbation
-    return workdir_lib.Checkpoints(
+    return checkpoints_lib.Checkpoints(
         os.path.join(outputs, "checkpoints"),
         model,
         state,

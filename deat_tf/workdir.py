@@ -17,7 +17,7 @@
 
 Every file is written to a temporary name in the same folder and renamed, so
 a crash never leaves a half-written file; TensorFlow writes checkpoints the
-same way.
+same way (`deat_tf.checkpoints.Checkpoints` writes and reads them).
 
 Only a folder holding the marker is taken for a run: a `config.json` alone
 is one of the most common file names there is. A restart removes only the
@@ -35,6 +35,8 @@ import tempfile
 
 import keras
 import tensorflow as tf
+
+from deat_tf import guards
 
 # What summary.json keeps of each epoch's logs, in this order.
 EPOCH_FIELDS = (
@@ -59,8 +61,6 @@ EPOCH_FIELDS = (
 
 
 # Settings that do not change what a run computes: a resumed run may change them.
-# Clean accuracy up to this multiple of chance counts as no better than chance.
-CHANCE_LEVEL_FACTOR = 1.5
 RUNTIME_FIELDS = (
     "progress_bar",
     "data_dir",
@@ -225,7 +225,7 @@ def _read_json_object(path):
     except OSError as error:
         return None, f"cannot be read ({error.strerror or error})"
     except ValueError as error:
-        return None, f"is not valid JSON ({_first_line(error)})"
+        return None, f"is not valid JSON ({first_line(error)})"
     if not isinstance(value, dict):
         return None, f"holds a JSON {type(value).__name__}, not an object of settings"
     return value, None
@@ -407,118 +407,8 @@ class RunState(tf.train.experimental.PythonState):
         return len(self.records)
 
 
-class Checkpoints:
-    """The run's checkpoints: checkpoints/last (epoch ends), partial (inside epochs), best.
-
-    Each holds the model (with the M+ state in its variables), the optimizer
-    with its slots, the `RunState` and, for FREE's carried perturbation, its
-    buffer. Two of each are kept, so that a truncated or corrupted latest
-    checkpoint falls back to the one before. `last` and `best` are numbered
-    by epoch, `partial` by minibatches trained (`deat_tf.checkpoints`).
-    `tf.train.CheckpointManager` writes atomically (data first, then the index
-    of checkpoints). Keras' `BackupAndRestore` saves weights and the epoch
-    only, not the history or the best epoch this run needs, and
-    `ModelCheckpoint` monitors one value where the best epoch is chosen on
-    two (robust, then clean accuracy).
-
-    Args:
-        directory: The folder receiving last/, partial/ and best/.
-        model: The `AdversarialModel` (compiled, optimizer built).
-        state: The `RunState`.
-        extra: Other trackables to save, by name (e.g. the carried perturbation).
-        restore_directory: Where `restore_latest` looks (default `directory`): a
-            worker that is not the chief saves apart but resumes from the chief's.
-        steps_per_epoch: Minibatches per epoch, to order `partial` checkpoints
-            among `last` ones (None: no partial checkpoints are read).
-    """
-
-    def __init__(
-        self, directory, model, state, extra=None, restore_directory=None, steps_per_epoch=None
-    ):
-        self.checkpoint = tf.train.Checkpoint(
-            model=model, optimizer=model.optimizer, run=state, **(extra or {})
-        )
-        self.restore_root = restore_directory or directory
-        self.steps_per_epoch = steps_per_epoch
-        for name in ("last", "partial", "best"):
-            manager = tf.train.CheckpointManager(
-                self.checkpoint, os.path.join(directory, name), max_to_keep=2
-            )
-            setattr(self, name, manager)
-
-    def _stored(self, name):
-        """The checkpoint paths of last/partial/best in the restore folder, oldest first."""
-        manager = getattr(self, name)
-        folder = os.path.join(self.restore_root, name)
-        if folder == manager.directory:
-            return list(manager.checkpoints)
-        listed = tf.train.get_checkpoint_state(folder)
-        return list(listed.all_model_checkpoint_paths) if listed else []
-
-    def restore_latest(self, warn=print):
-        """Restores the newest readable checkpoint; returns its path or None.
-
-        The newest position comes first, whether an epoch end (last) or a
-        minibatch inside an epoch (partial); when none of those can be read,
-        the best checkpoints are tried, and the epochs after the one restored
-        are trained again.
-
-        Args:
-            warn: Callable receiving a warning line when a checkpoint is skipped.
-
-        Raises:
-            ValueError: If checkpoints exist and none of them can be read.
-        """
-        last = self._stored("last")
-        if self.steps_per_epoch:
-            # Positions in minibatches: epoch E ends at E * steps_per_epoch.
-            positioned = [(_number(path) * self.steps_per_epoch, path) for path in last]
-            positioned += [(_number(path), path) for path in self._stored("partial")]
-            ordered = [path for _, path in sorted(positioned, key=lambda item: -item[0])]
-        else:
-            ordered = list(reversed(last))
-        best = list(reversed(self._stored("best")))
-        candidates = ordered + best
-        for index, path in enumerate(candidates):
-            try:
-                self.checkpoint.restore(path).assert_existing_objects_matched()
-            # A truncated file fails in the reader in several ways (OpError,
-            # IndexError, ValueError); any failure means: try the previous one.
-            except Exception as error:  # noqa: BLE001
-                following = candidates[index + 1] if index + 1 < len(candidates) else None
-                if following is None:
-                    then = "no older one left."
-                elif following in best and path not in best:
-                    then = (
-                        f"none of the latest is readable: falling back to the best checkpoint "
-                        f"{following} (the epochs after it are trained again)."
-                    )
-                else:
-                    then = f"falling back to {following}."
-                warn(f"warning: checkpoint {path} is unreadable ({_first_line(error)}); {then}")
-                continue
-            return path
-        if candidates:
-            raise ValueError(
-                f"no readable checkpoint in {self.restore_root} (last, partial or best); "
-                "restore the folder from a backup, or start the run over with --restart."
-            )
-        return None
-
-    def best_checkpoint(self, epoch):
-        """The path of the `best` checkpoint saved at `epoch` (counted from 1), or None."""
-        for path in self.best.checkpoints:
-            if path.endswith(f"-{epoch}"):
-                return path
-        return None
-
-
-def _number(path):
-    """The number N of a checkpoint path ending in ckpt-N."""
-    return int(path.rsplit("-", 1)[1])
-
-
-def _first_line(error):
+def first_line(error):
+    """The first line of an error's text (its type's name when empty), at most 200 characters."""
     text = str(error).strip() or type(error).__name__
     return text.splitlines()[0][:200]
 
@@ -540,7 +430,7 @@ class RunRecorder(keras.callbacks.Callback):
     must not win over a real one.
 
     Args:
-        checkpoints: The run's `Checkpoints`.
+        checkpoints: The run's `checkpoints.Checkpoints`.
         state: Its `RunState`.
         summary: Its `RunSummary`.
         num_classes: Number of classes (sets the chance level).
@@ -553,7 +443,7 @@ class RunRecorder(keras.callbacks.Callback):
         self.state = state
         self.summary = summary
         self.verbose = verbose
-        self.chance_level = CHANCE_LEVEL_FACTOR / max(int(num_classes), 1)
+        self.chance_level = guards.chance_level(num_classes)
         self.skipped_epoch = None
 
     def on_epoch_end(self, epoch, logs=None):
@@ -639,7 +529,7 @@ def write_error_reason(error):
     for number in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EIO):
         if os.strerror(number) in text:
             return os.strerror(number)
-    return _first_line(error)
+    return first_line(error)
 
 
 class RunSummary:

@@ -7,6 +7,7 @@ import os
 import keras
 import pytest
 
+from deat_tf import checkpoints as checkpoints_lib
 from deat_tf import models, workdir
 
 
@@ -82,7 +83,7 @@ def recording_run(tmp_path, epochs):
     """A RunRecorder on a tiny model, with its state and checkpoints."""
     model = tiny_model()
     state = workdir.RunState()
-    checkpoints = workdir.Checkpoints(str(tmp_path / "checkpoints"), model, state)
+    checkpoints = checkpoints_lib.Checkpoints(str(tmp_path / "checkpoints"), model, state)
     summary = workdir.RunSummary(str(tmp_path / "summary.json"), {}, epochs, "r", state)
     recorder = workdir.RunRecorder(checkpoints, state, summary, num_classes=10)
     recorder.set_model(model)
